@@ -1,0 +1,311 @@
+//! The command line. Every option is also an environment variable (`FERRITE_...`, `DATABASE_URL`).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use ferrite_mqtt::{BrokerUrl, QoS};
+
+/// Ferrite: an IoT platform in one binary. MQTT broker, ingester into PostgreSQL, simulated fleet.
+#[derive(Parser, Debug)]
+#[command(name = "ferrite", version, about, long_about = None, propagate_version = true)]
+#[command(after_help = "Run the whole platform on this machine:  ferrite up --fleet 20\n\
+                        Every option is also an environment variable, shown in [env: ...].")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run everything in one process: broker, ingester and (with --fleet) simulated devices.
+    ///
+    /// Without DATABASE_URL a private PostgreSQL runs under <data-dir>/postgres and stops on exit.
+    Up(UpArgs),
+    /// Run the MQTT broker alone (TCP and WebSocket).
+    Broker(BrokerArgs),
+    /// Run the ingester alone: MQTT readings into PostgreSQL (needs DATABASE_URL).
+    Ingester(IngesterArgs),
+    /// Run simulated devices against any MQTT broker.
+    Fleet(FleetArgs),
+    /// Apply the database migrations (to DATABASE_URL, or the private cluster under --data-dir) and exit.
+    Migrate(MigrateArgs),
+}
+
+/// Where `ferrite up` and `ferrite broker` keep their state.
+#[derive(Args, Debug, Clone)]
+pub struct DataArgs {
+    /// Directory for the private PostgreSQL cluster and the broker's retained messages and sessions.
+    #[arg(long, env = "FERRITE_DATA_DIR", default_value = "./.ferrite")]
+    pub data_dir: PathBuf,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ListenArgs {
+    /// MQTT over TCP (3.1.1 and 5).
+    #[arg(long, env = "FERRITE_MQTT_ADDR", default_value = "127.0.0.1:1883")]
+    pub mqtt_addr: SocketAddr,
+    /// MQTT over WebSocket, path /mqtt.
+    #[arg(long, env = "FERRITE_WS_ADDR", default_value = "127.0.0.1:8083")]
+    pub ws_addr: SocketAddr,
+    /// Seconds a new connection has to send its CONNECT before it is closed.
+    #[arg(long, env = "FERRITE_CONNECT_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub connect_timeout: Duration,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct BrokerArgs {
+    #[command(flatten)]
+    pub listen: ListenArgs,
+    #[command(flatten)]
+    pub data: DataArgs,
+    /// Prometheus /metrics and /healthz.
+    #[arg(long, env = "FERRITE_METRICS_ADDR", default_value = "127.0.0.1:9100")]
+    pub metrics_addr: SocketAddr,
+}
+
+/// How a service reaches the broker.
+#[derive(Args, Debug, Clone)]
+pub struct ClientArgs {
+    /// The MQTT broker: mqtt://host:port or ws://host:port/mqtt. Any standard broker works.
+    #[arg(long, env = "FERRITE_BROKER_URL", default_value = "mqtt://127.0.0.1:1883")]
+    pub broker_url: BrokerUrl,
+    /// MQTT username (service credentials), when the broker requires them.
+    #[arg(long, env = "FERRITE_MQTT_USERNAME", requires = "mqtt_password")]
+    pub mqtt_username: Option<String>,
+    /// MQTT password; prefer the environment variable, which does not show in `ps`.
+    #[arg(long, env = "FERRITE_MQTT_PASSWORD", hide_env_values = true, requires = "mqtt_username")]
+    pub mqtt_password: Option<String>,
+}
+
+impl ClientArgs {
+    pub fn credentials(&self) -> Option<(String, String)> {
+        self.mqtt_username.clone().zip(self.mqtt_password.clone())
+    }
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum QosArg {
+    #[value(name = "0")]
+    Zero,
+    #[value(name = "1")]
+    One,
+    #[value(name = "2")]
+    Two,
+}
+
+impl From<QosArg> for QoS {
+    fn from(qos: QosArg) -> QoS {
+        match qos {
+            QosArg::Zero => QoS::AtMostOnce,
+            QosArg::One => QoS::AtLeastOnce,
+            QosArg::Two => QoS::ExactlyOnce,
+        }
+    }
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct IngestArgs {
+    /// Client id of this ingester; the broker keeps its persistent session under it, so keep it stable.
+    #[arg(long = "ingester-id", env = "FERRITE_INGESTER_ID", default_value = "ferrite-ingester")]
+    pub client_id: String,
+    /// Shared-subscription group ($share/<group>/...) that ingesters split the load in; "none" subscribes directly.
+    #[arg(long, env = "FERRITE_SHARED_GROUP", default_value = "ingest")]
+    pub shared_group: String,
+    /// Subscription QoS.
+    #[arg(long, env = "FERRITE_INGEST_QOS", default_value = "1")]
+    pub ingest_qos: QosArg,
+    /// Messages per database transaction at most.
+    #[arg(long, env = "FERRITE_BATCH_SIZE", default_value_t = ferrite_ingester::DEFAULT_BATCH_SIZE,
+          value_parser = clap::value_parser!(usize))]
+    pub batch_size: usize,
+    /// Longest a reading waits for its batch to fill (e.g. 50ms).
+    #[arg(long, env = "FERRITE_BATCH_INTERVAL", default_value = "50ms", value_parser = humantime::parse_duration)]
+    pub batch_interval: Duration,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct IngesterArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    #[command(flatten)]
+    pub ingest: IngestArgs,
+    /// PostgreSQL, e.g. postgres://user:password@host/ferrite.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: String,
+    /// Prometheus /metrics and /healthz.
+    #[arg(long, env = "FERRITE_METRICS_ADDR", default_value = "127.0.0.1:9101")]
+    pub metrics_addr: SocketAddr,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct SimArgs {
+    /// Device ids are <prefix>-0001, <prefix>-0002, ...
+    #[arg(long, env = "FERRITE_FLEET_PREFIX", default_value = "sim")]
+    pub prefix: String,
+    /// Number of the first device.
+    #[arg(long, env = "FERRITE_FLEET_FIRST", default_value_t = 1)]
+    pub first: usize,
+    /// Time between readings of one device (e.g. 1s, 250ms).
+    #[arg(long, env = "FERRITE_FLEET_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub interval: Duration,
+    /// QoS of the readings.
+    #[arg(long, env = "FERRITE_FLEET_QOS", default_value = "1")]
+    pub fleet_qos: QosArg,
+    /// Readings per device and metric, then the device stops; unset runs until Ctrl-C.
+    #[arg(long, env = "FERRITE_FLEET_COUNT")]
+    pub count: Option<u64>,
+    /// Probability per interval that a device drops its connection abruptly (its Last Will fires).
+    #[arg(long, env = "FERRITE_FLEET_DROP_RATE", default_value_t = 0.0)]
+    pub drop_rate: f64,
+    /// Probability per interval that a device sends ten readings at once.
+    #[arg(long, env = "FERRITE_FLEET_BURST_RATE", default_value_t = 0.0)]
+    pub burst_rate: f64,
+    /// Probability per interval that a device sends a payload that cannot be parsed.
+    #[arg(long, env = "FERRITE_FLEET_BAD_PAYLOAD_RATE", default_value_t = 0.0)]
+    pub bad_payload_rate: f64,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct FleetArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// How many devices to simulate.
+    #[arg(long, env = "FERRITE_FLEET_DEVICES", default_value_t = 10)]
+    pub devices: usize,
+    #[command(flatten)]
+    pub sim: SimArgs,
+    /// Prometheus /metrics and /healthz.
+    #[arg(long, env = "FERRITE_METRICS_ADDR", default_value = "127.0.0.1:9102")]
+    pub metrics_addr: SocketAddr,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct UpArgs {
+    /// Simulated devices to run alongside the platform.
+    #[arg(long, env = "FERRITE_FLEET", default_value_t = 0)]
+    pub fleet: usize,
+    #[command(flatten)]
+    pub sim: SimArgs,
+    #[command(flatten)]
+    pub listen: ListenArgs,
+    #[command(flatten)]
+    pub data: DataArgs,
+    #[command(flatten)]
+    pub ingest: IngestArgs,
+    /// HTTP: Prometheus /metrics and /healthz for the whole process.
+    #[arg(long, env = "FERRITE_HTTP_ADDR", default_value = "127.0.0.1:8080")]
+    pub http_addr: SocketAddr,
+    /// PostgreSQL to use instead of the private cluster.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct MigrateArgs {
+    /// PostgreSQL to migrate; without it, the private cluster under --data-dir.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+    #[command(flatten)]
+    pub data: DataArgs,
+}
+
+impl Cli {
+    /// Checks what clap cannot, so that bad configuration fails before anything binds.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        match &self.command {
+            Command::Up(args) => {
+                check_sim(&args.sim)?;
+                check_ingest(&args.ingest)?;
+                let addrs = [args.listen.mqtt_addr, args.listen.ws_addr, args.http_addr];
+                for (idx, addr) in addrs.iter().enumerate() {
+                    if addr.port() != 0 && addrs[..idx].contains(addr) {
+                        anyhow::bail!("{addr} is configured for two listeners");
+                    }
+                }
+                Ok(())
+            }
+            Command::Ingester(args) => check_ingest(&args.ingest),
+            Command::Fleet(args) => {
+                anyhow::ensure!(args.devices > 0, "--devices must be at least 1");
+                check_sim(&args.sim)
+            }
+            Command::Broker(_) | Command::Migrate(_) => Ok(()),
+        }
+    }
+}
+
+fn check_sim(sim: &SimArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(!sim.interval.is_zero(), "--interval must be above zero");
+    for (name, rate) in [("--drop-rate", sim.drop_rate), ("--burst-rate", sim.burst_rate), ("--bad-payload-rate", sim.bad_payload_rate)] {
+        anyhow::ensure!((0.0..=1.0).contains(&rate), "{name} is a probability between 0 and 1, got {rate}");
+    }
+    ferrite_core::DeviceId::new(format!("{}-0001", sim.prefix))
+        .map_err(|_| anyhow::anyhow!("--prefix {:?} does not make valid device ids (A-Z a-z 0-9 _ . -)", sim.prefix))?;
+    Ok(())
+}
+
+fn check_ingest(ingest: &IngestArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(ingest.batch_size > 0, "--batch-size must be at least 1");
+    anyhow::ensure!(!ingest.batch_interval.is_zero(), "--batch-interval must be above zero");
+    anyhow::ensure!(
+        ingest.shared_group.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-'),
+        "--shared-group may hold only A-Z a-z 0-9 _ -"
+    );
+    Ok(())
+}
+
+impl IngestArgs {
+    pub fn config(&self, broker: BrokerUrl, credentials: Option<(String, String)>) -> ferrite_ingester::Config {
+        let mut config = ferrite_ingester::Config::new(broker);
+        config.client_id = self.client_id.clone();
+        config.credentials = credentials;
+        config.shared_group = (self.shared_group != "none").then(|| self.shared_group.clone());
+        config.qos = self.ingest_qos.into();
+        config.batch_size = self.batch_size;
+        config.batch_interval = self.batch_interval;
+        config
+    }
+}
+
+impl SimArgs {
+    pub fn config(&self, broker: BrokerUrl, devices: usize, credentials: Option<(String, String)>) -> ferrite_fleet::Config {
+        let mut config = ferrite_fleet::Config::new(broker, devices);
+        config.prefix = self.prefix.clone();
+        config.first = self.first;
+        config.interval = self.interval;
+        config.qos = self.fleet_qos.into();
+        config.count = self.count;
+        config.misbehaviour = ferrite_fleet::Misbehaviour {
+            drop_rate: self.drop_rate,
+            burst_rate: self.burst_rate,
+            bad_payload_rate: self.bad_payload_rate,
+        };
+        config.credentials = credentials;
+        config
+    }
+}
+
+impl ListenArgs {
+    pub fn broker_config(&self, data: &DataArgs) -> ferrite_broker::Config {
+        ferrite_broker::Config {
+            mqtt_addr: self.mqtt_addr,
+            ws_addr: Some(self.ws_addr),
+            data_dir: data.data_dir.join("broker"),
+            connect_timeout: self.connect_timeout,
+            ..ferrite_broker::Config::default()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,38 @@
+//! `ferrite`: one binary, many roles. `ferrite up` runs the whole platform in one process;
+//! `ferrite broker|ingester|fleet` run one service each, for compose and Kubernetes.
+//!
+//! # Layout
+//! - `cli`: the command line (every flag also an environment variable), validated before anything binds.
+//! - `run`: one function per subcommand, composing the services' `bind` / `run`.
+//! - `shutdown`: SIGINT and SIGTERM in one place, and the bounded drain.
+//! - `database`: `DATABASE_URL`, or a private PostgreSQL cluster under the data directory.
+
+mod cli;
+mod database;
+mod run;
+mod shutdown;
+
+use clap::Parser;
+
+fn main() -> std::process::ExitCode {
+    let cli = cli::Cli::parse();
+    if let Err(error) = cli.validate() {
+        eprintln!("error: {error}");
+        return std::process::ExitCode::from(2);
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run::run(cli)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            // One clear line first, the chain of causes after it.
+            eprintln!("error: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

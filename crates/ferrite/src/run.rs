@@ -1,0 +1,196 @@
+//! One function per subcommand: bind every socket first, print where things listen, run, then drain.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use anyhow::Context;
+use ferrite_broker::Broker;
+use ferrite_fleet::Fleet;
+use ferrite_ingester::Ingester;
+use ferrite_mqtt::BrokerUrl;
+use ferrite_telemetry::MetricsServer;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::cli::{BrokerArgs, Cli, Command, FleetArgs, IngesterArgs, MigrateArgs, UpArgs};
+use crate::database::Database;
+use crate::shutdown;
+
+/// How long `ferrite up` waits for the ingester's subscription before starting the fleet,
+/// so that the fleet's first readings are not published to nobody.
+const SUBSCRIBE_WAIT: Duration = Duration::from_secs(5);
+
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let _telemetry = ferrite_telemetry::init("ferrite")?;
+    match cli.command {
+        Command::Up(args) => up(args).await,
+        Command::Broker(args) => broker(args).await,
+        Command::Ingester(args) => ingester(args).await,
+        Command::Fleet(args) => fleet(args).await,
+        Command::Migrate(args) => migrate(args).await,
+    }
+}
+
+type Task = JoinHandle<anyhow::Result<()>>;
+
+/// The URL our own clients use to reach a broker bound on `addr` (a wildcard bind is reached on loopback).
+fn local_url(addr: SocketAddr) -> BrokerUrl {
+    let host = if addr.ip().is_unspecified() { IpAddr::V4(Ipv4Addr::LOCALHOST) } else { addr.ip() };
+    BrokerUrl::Tcp { host: host.to_string(), port: addr.port() }
+}
+
+fn warn_if_exposed(addrs: &[SocketAddr]) {
+    if addrs.iter().any(|addr| !addr.ip().is_loopback()) {
+        tracing::warn!(
+            "listening beyond loopback with anonymous MQTT access: anyone who can reach these ports can publish and subscribe \
+             (device credentials and topic ACLs arrive with the device registry)"
+        );
+    }
+}
+
+async fn up(args: UpArgs) -> anyhow::Result<()> {
+    let shutdown = shutdown::on_signal();
+    std::fs::create_dir_all(&args.data.data_dir)
+        .with_context(|| format!("cannot create the data directory {}", args.data.data_dir.display()))?;
+    let database = Database::open(args.database_url.as_deref(), &args.data.data_dir).await?;
+
+    let broker = Broker::bind(args.listen.broker_config(&args.data)).await.context("cannot start the broker")?;
+    let http = MetricsServer::bind(args.http_addr).await?;
+    let mqtt_addr = broker.mqtt_addr();
+    let ws_addr = broker.ws_addr();
+    warn_if_exposed(&[mqtt_addr, ws_addr.unwrap_or(mqtt_addr), http.local_addr()]);
+    let broker_url = local_url(mqtt_addr);
+    let ingester = Ingester::bind(args.ingest.config(broker_url.clone(), None), database.pool.clone()).await?;
+    let ingest_stats = ingester.stats();
+    let http_addr = http.local_addr();
+
+    let stop_broker = CancellationToken::new();
+    let stop_ingester = CancellationToken::new();
+    let stop_fleet = CancellationToken::new();
+    let stop_http = CancellationToken::new();
+    let mut broker_task: Task = tokio::spawn({
+        let token = stop_broker.clone();
+        async move { broker.run(token).await.map_err(anyhow::Error::from) }
+    });
+    let mut ingester_task: Task = tokio::spawn(ingester.run(stop_ingester.clone()));
+    let http_task: Task = tokio::spawn(http.run(stop_http.clone()));
+
+    let waited = tokio::time::Instant::now();
+    while !ingest_stats.subscribed.load(Ordering::Relaxed) && waited.elapsed() < SUBSCRIBE_WAIT {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    if !ingest_stats.subscribed.load(Ordering::Relaxed) {
+        tracing::warn!("the ingester has not subscribed yet; readings published before it does are not stored");
+    }
+
+    println!("Ferrite is running");
+    println!("  MQTT            mqtt://{mqtt_addr}");
+    if let Some(ws) = ws_addr {
+        println!("  MQTT/WebSocket  ws://{ws}/mqtt");
+    }
+    println!("  Metrics         http://{http_addr}/metrics");
+    println!("  PostgreSQL      {}", database.description);
+    let fleet_task: Option<Task> = if args.fleet > 0 {
+        let config = args.sim.config(broker_url, args.fleet, None);
+        println!(
+            "  Fleet           {} devices, {} .. {}, a reading per metric every {}",
+            args.fleet,
+            config.device_id(0),
+            config.device_id(args.fleet - 1),
+            humantime::format_duration(config.interval)
+        );
+        let fleet = Fleet::bind(config)?;
+        Some(tokio::spawn(fleet.run(stop_fleet.clone())))
+    } else {
+        None
+    };
+    println!("Press Ctrl-C to stop.");
+
+    tokio::select! {
+        _ = shutdown.cancelled() => {}
+        result = &mut broker_task => {
+            tracing::error!(?result, "the broker stopped unexpectedly; shutting down");
+        }
+        result = &mut ingester_task => {
+            tracing::error!(?result, "the ingester stopped unexpectedly; shutting down");
+        }
+    }
+
+    // Stop in the order data flows, so each stage drains into a live next one:
+    // devices finish and say goodbye, the ingester commits and acknowledges, then the broker and the database go.
+    stop_fleet.cancel();
+    if let Some(task) = fleet_task {
+        shutdown::join("fleet", task).await;
+    }
+    stop_ingester.cancel();
+    if !ingester_task.is_finished() {
+        shutdown::join("ingester", ingester_task).await;
+    }
+    stop_http.cancel();
+    shutdown::join("http", http_task).await;
+    stop_broker.cancel();
+    if !broker_task.is_finished() {
+        shutdown::join("broker", broker_task).await;
+    }
+    database.close().await;
+    println!("Ferrite stopped: {} readings stored this run.", ingest_stats.stored());
+    Ok(())
+}
+
+async fn broker(args: BrokerArgs) -> anyhow::Result<()> {
+    let shutdown = shutdown::on_signal();
+    let broker = Broker::bind(args.listen.broker_config(&args.data)).await.context("cannot start the broker")?;
+    let metrics = MetricsServer::bind(args.metrics_addr).await?;
+    warn_if_exposed(&[broker.mqtt_addr(), broker.ws_addr().unwrap_or(broker.mqtt_addr())]);
+    println!("MQTT            mqtt://{}", broker.mqtt_addr());
+    if let Some(ws) = broker.ws_addr() {
+        println!("MQTT/WebSocket  ws://{ws}/mqtt");
+    }
+    println!("Metrics         http://{}/metrics", metrics.local_addr());
+    let metrics_task = tokio::spawn(metrics.run(shutdown.clone()));
+    broker.run(shutdown).await?;
+    shutdown::join("metrics", metrics_task).await;
+    Ok(())
+}
+
+async fn ingester(args: IngesterArgs) -> anyhow::Result<()> {
+    let shutdown = shutdown::on_signal();
+    let options = args.database_url.parse().context("DATABASE_URL is not a valid PostgreSQL URL")?;
+    let pool = ferrite_db::connect(options).await.context("cannot connect to PostgreSQL")?;
+    let config = args.ingest.config(args.client.broker_url.clone(), args.client.credentials());
+    let ingester = Ingester::bind(config, pool)
+        .await
+        .context("the database is not ready for the ingester (has `ferrite migrate` run?)")?;
+    let metrics = MetricsServer::bind(args.metrics_addr).await?;
+    println!("Ingesting from {} into PostgreSQL; metrics on http://{}/metrics", args.client.broker_url, metrics.local_addr());
+    let metrics_task = tokio::spawn(metrics.run(shutdown.clone()));
+    ingester.run(shutdown).await?;
+    shutdown::join("metrics", metrics_task).await;
+    Ok(())
+}
+
+async fn fleet(args: FleetArgs) -> anyhow::Result<()> {
+    let shutdown = shutdown::on_signal();
+    let config = args.sim.config(args.client.broker_url.clone(), args.devices, args.client.credentials());
+    let fleet = Fleet::bind(config)?;
+    let metrics = MetricsServer::bind(args.metrics_addr).await?;
+    let stats = fleet.stats();
+    let metrics_task = tokio::spawn(metrics.run(shutdown.clone()));
+    fleet.run(shutdown.clone()).await?;
+    shutdown.cancel();
+    shutdown::join("metrics", metrics_task).await;
+    println!(
+        "fleet: {} readings sent, {} still unacknowledged at exit",
+        stats.readings.load(Ordering::Relaxed),
+        stats.unacknowledged.load(Ordering::Relaxed)
+    );
+    Ok(())
+}
+
+async fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
+    let database = Database::open(args.database_url.as_deref(), &args.data.data_dir).await?;
+    println!("migrations applied: {}", database.description);
+    database.close().await;
+    Ok(())
+}

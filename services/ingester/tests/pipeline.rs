@@ -1,0 +1,180 @@
+//! The foundation's vertical slice with real parts: fleet -> embedded broker -> ingester -> PostgreSQL.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use anyhow::Context;
+use ferrite_fleet::Fleet;
+use ferrite_ingester::{Ingester, Stats};
+use ferrite_mqtt::{BrokerUrl, Event, QoS, Session, SessionConfig};
+use ferrite_testkit::{TestBroker, TestDb, wait_for};
+use tokio_util::sync::CancellationToken;
+
+/// Starts an ingester with the given client id; returns its stats, stop token and task.
+async fn spawn_ingester(
+    broker: &BrokerUrl,
+    db: &TestDb,
+    client_id: &str,
+) -> anyhow::Result<(Arc<Stats>, CancellationToken, tokio::task::JoinHandle<anyhow::Result<()>>)> {
+    let mut config = ferrite_ingester::Config::new(broker.clone());
+    config.client_id = client_id.into();
+    let ingester = Ingester::bind(config, db.pool().clone()).await?;
+    let stats = ingester.stats();
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(ingester.run(stop.clone()));
+    wait_for("the ingester to subscribe", || std::future::ready(stats.subscribed.load(Ordering::Relaxed))).await?;
+    Ok((stats, stop, task))
+}
+
+async fn count(db: &TestDb, sql: &str) -> anyhow::Result<i64> {
+    sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(sql.to_owned())).fetch_one(db.pool()).await.with_context(|| sql.to_owned())
+}
+
+fn fleet_config(broker: &BrokerUrl, devices: usize, count: u64, interval_ms: u64) -> ferrite_fleet::Config {
+    let mut config = ferrite_fleet::Config::new(broker.clone(), devices);
+    config.count = Some(count);
+    config.interval = Duration::from_millis(interval_ms);
+    config
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fleet_readings_land_in_postgres_counted_exactly() -> anyhow::Result<()> {
+    ferrite_testkit::init_test_tracing();
+    let db = TestDb::new().await?;
+    let broker = TestBroker::start().await?;
+    let (stats, stop, task) = spawn_ingester(&broker.url(), &db, "ingester-exact").await?;
+
+    let fleet = Fleet::bind(fleet_config(&broker.url(), 5, 20, 10))?;
+    let fleet_stats = fleet.stats();
+    fleet.run(CancellationToken::new()).await?;
+    assert_eq!(fleet_stats.readings.load(Ordering::Relaxed), 5 * 20 * 3);
+    assert_eq!(fleet_stats.unacknowledged.load(Ordering::Relaxed), 0, "the broker acknowledged every reading");
+
+    wait_for("300 readings in PostgreSQL", || async { count(&db, "SELECT count(*) FROM readings").await.is_ok_and(|n| n >= 300) })
+        .await?;
+    // Let any straggler arrive before the exact count: there must be none.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(count(&db, "SELECT count(*) FROM readings").await?, 300);
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM (SELECT device_id, metric FROM readings GROUP BY 1, 2 HAVING count(*) = 20) t").await?,
+        15,
+        "every device and metric has exactly its 20 readings"
+    );
+    assert_eq!(count(&db, "SELECT count(*) FROM latest_readings").await?, 15);
+    assert_eq!(count(&db, "SELECT count(*) FROM devices WHERE auto_registered AND id LIKE 'sim-%'").await?, 5);
+    assert_eq!(count(&db, "SELECT count(*) FROM readings_default").await?, 0, "today's partition exists");
+    wait_for("all devices offline", || async {
+        count(&db, "SELECT count(*) FROM presence WHERE NOT online").await.is_ok_and(|n| n == 5)
+    })
+    .await?;
+    assert_eq!(stats.dead_lettered.load(Ordering::Relaxed), 0);
+
+    stop.cancel();
+    task.await??;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_ingester_loses_and_doubles_nothing() -> anyhow::Result<()> {
+    ferrite_testkit::init_test_tracing();
+    let db = TestDb::new().await?;
+    let broker = TestBroker::start().await?;
+    let (first_stats, _first_stop, first_task) = spawn_ingester(&broker.url(), &db, "ingester-restart").await?;
+
+    // 10 devices x 100 ticks x 3 metrics = 3,000 QoS 1 readings over about a second.
+    let fleet = Fleet::bind(fleet_config(&broker.url(), 10, 100, 10))?;
+    let fleet_task = tokio::spawn(fleet.run(CancellationToken::new()));
+
+    wait_for("the first ingester to store some readings", || std::future::ready(first_stats.stored() >= 300)).await?;
+    // Kill it mid-stream: the task is aborted, nothing is flushed, nothing more is acknowledged.
+    first_task.abort();
+    let _ = first_task.await;
+    let stored_before = first_stats.stored();
+
+    let (second_stats, second_stop, second_task) = spawn_ingester(&broker.url(), &db, "ingester-restart").await?;
+    fleet_task.await??;
+
+    wait_for("3,000 readings in PostgreSQL", || async {
+        count(&db, "SELECT count(*) FROM readings").await.is_ok_and(|n| n >= 3000)
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(count(&db, "SELECT count(*) FROM readings").await?, 3000, "none lost, none doubled");
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM (SELECT device_id, metric FROM readings GROUP BY 1, 2 HAVING count(*) = 100) t").await?,
+        30
+    );
+    assert!(stored_before < 3000, "the first ingester was killed before the end ({stored_before} stored)");
+    assert_eq!(second_stats.stored() + stored_before, 3000);
+    second_stop.cancel();
+    second_task.await??;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_goes_to_dead_letters_and_valid_readings_around_it_land() -> anyhow::Result<()> {
+    ferrite_testkit::init_test_tracing();
+    let db = TestDb::new().await?;
+    let broker = TestBroker::start().await?;
+    let (stats, stop, task) = spawn_ingester(&broker.url(), &db, "ingester-garbage").await?;
+
+    let (device, mut events) = Session::start(SessionConfig::new(broker.url(), "garbage-device"));
+    wait_for_connect(&mut events).await?;
+    let messages: [(&str, &[u8]); 8] = [
+        ("sensors/dev-1/temperature", b"21.5"),
+        ("sensors/dev-1/temperature", b"garbage"),
+        ("sensors/dev-1/humidity", br#"{"value": 40, "ts": "2026-11-25T10:00:00Z", "unit": "%"}"#),
+        ("sensors/dev-1/humidity", br#"{"value": "wet"}"#),
+        ("sensors/dev-1", br#"{"ts": 1795600800000, "metrics": {"pressure": 1013.2, "co2": 415}}"#),
+        ("sensors/dev-1/too/deep", b"1"),
+        ("devices/dev-1/status", b"maybe"),
+        ("sensors/dev-1/battery", b"97"),
+    ];
+    for (topic, payload) in messages {
+        device.publish(topic, QoS::AtLeastOnce, false, payload.to_vec(), None).await?;
+    }
+    wait_for("5 readings and 4 dead letters", || async {
+        count(&db, "SELECT count(*) FROM readings").await.is_ok_and(|n| n >= 5)
+            && count(&db, "SELECT count(*) FROM dead_letters").await.is_ok_and(|n| n >= 4)
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(count(&db, "SELECT count(*) FROM readings").await?, 5);
+    let letters: Vec<(String, Vec<u8>, String)> =
+        sqlx::query_as("SELECT topic, payload, reason FROM dead_letters ORDER BY id").fetch_all(db.pool()).await?;
+    let summary: Vec<(&str, &[u8])> = letters.iter().map(|(topic, payload, _)| (topic.as_str(), payload.as_slice())).collect();
+    assert_eq!(
+        summary,
+        vec![
+            ("sensors/dev-1/temperature", b"garbage".as_slice()),
+            ("sensors/dev-1/humidity", br#"{"value": "wet"}"#.as_slice()),
+            ("sensors/dev-1/too/deep", b"1".as_slice()),
+            ("devices/dev-1/status", b"maybe".as_slice()),
+        ]
+    );
+    assert!(letters[0].2.contains("neither a number"), "reason: {}", letters[0].2);
+    assert!(letters[1].2.contains("invalid JSON"), "reason: {}", letters[1].2);
+    assert_eq!(stats.dead_lettered.load(Ordering::Relaxed), 4);
+    let latest: f64 =
+        sqlx::query_scalar("SELECT value FROM latest_readings WHERE device_id = 'dev-1' AND metric = 'battery'").fetch_one(db.pool()).await?;
+    assert_eq!(latest, 97.0);
+
+    device.close(Duration::from_secs(2)).await;
+    stop.cancel();
+    task.await??;
+    Ok(())
+}
+
+async fn wait_for_connect(events: &mut tokio::sync::mpsc::Receiver<Event>) -> anyhow::Result<()> {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(event) = events.recv().await {
+            if let Event::Connected { .. } = event {
+                return Ok(());
+            }
+        }
+        anyhow::bail!("the session stopped before connecting")
+    })
+    .await
+    .context("no ConnAck within 10 s")?
+}
