@@ -20,6 +20,7 @@ create table readings_default partition of readings default;
 -- A name that already exists is left alone (it may be a partition detached on purpose).
 -- Callers may run it concurrently (every ingester does at start and then daily):
 -- a transaction-scoped advisory lock makes them take turns, and each one re-checks what exists.
+-- Call it in a transaction of its own: one that has already written to readings could deadlock with another caller.
 -- Rows that already sit in the default partition for a new day are moved into the new partition
 -- in the same transaction, because attaching (or creating) a partition fails while the default holds rows of its range.
 create function ferrite_ensure_readings_partitions(from_day date, to_day date)
@@ -51,6 +52,13 @@ begin
     while day <= to_day loop
         partition_name := 'readings_' || to_char(day, 'YYYYMMDD');
         if to_regclass(quote_ident(partition_name)) is null then
+            if created = 0 then
+                -- Hold off writers to readings until we commit. Otherwise an insert that planned its routing
+                -- before the new partition existed lands in the default partition after the attach,
+                -- and fails there with "violates partition constraint". Readers are not blocked,
+                -- and a call with nothing to create takes no lock at all.
+                lock table readings in share mode;
+            end if;
             lower_bound := day::timestamp at time zone 'UTC';
             upper_bound := (day + 1)::timestamp at time zone 'UTC';
             execute format('create table %I (like readings including all)', partition_name);

@@ -1,8 +1,10 @@
 //! The migrated schema against a real PostgreSQL: migrations, readings partitions and the device id check.
 
+use std::time::{Duration, Instant};
+
 use anyhow::Context;
 use ferrite_testkit::TestDb;
-use sqlx::PgPool;
+use sqlx::{AssertSqlSafe, PgPool};
 
 #[tokio::test]
 async fn migrate_is_idempotent() -> anyhow::Result<()> {
@@ -92,6 +94,52 @@ async fn concurrent_ensure_partitions_calls_all_succeed() -> anyhow::Result<()> 
     let after = partition_count(db.pool()).await?;
     assert_eq!(i64::from(created), after - before, "every partition is created exactly once");
     assert!(after - before >= 80, "only {} new partitions", after - before);
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_insert_racing_a_new_partition_lands_in_it() -> anyhow::Result<()> {
+    let db = TestDb::new().await?;
+    let day = "((now() at time zone 'UTC')::date - 20)";
+    let mut ensuring = db.pool().begin().await?;
+    let created: i32 =
+        sqlx::query_scalar(AssertSqlSafe(format!("select ferrite_ensure_readings_partitions({day}, {day})")))
+            .fetch_one(&mut *ensuring)
+            .await?;
+    assert_eq!(created, 1);
+
+    // An ingester writing a reading for that day while the partition is being created.
+    let pool = db.pool().clone();
+    let insert = tokio::spawn(async move {
+        sqlx::query(AssertSqlSafe(format!(
+            "insert into readings (device_id, metric, ts, value)
+             values ('sim-0001', 'temperature', {day}::timestamp at time zone 'UTC' + interval '12 hours', 1)"
+        )))
+        .execute(&pool)
+        .await
+    });
+    // Commit only once the insert is waiting for us, which is the interleaving that used to fail.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let waiting: i64 = sqlx::query_scalar(
+            "select count(*) from pg_stat_activity where wait_event_type = 'Lock' and query like 'insert into readings%'",
+        )
+        .fetch_one(db.pool())
+        .await?;
+        if waiting > 0 {
+            break;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "the insert never waited for the partition's transaction");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    ensuring.commit().await?;
+    insert.await.context("the insert task panicked")??;
+
+    let expected: String =
+        sqlx::query_scalar(AssertSqlSafe(format!("select 'readings_' || to_char({day}, 'YYYYMMDD')")))
+            .fetch_one(db.pool())
+            .await?;
+    assert_eq!(partitions_by_value(db.pool()).await?, vec![expected]);
     Ok(())
 }
 

@@ -20,7 +20,9 @@ static CLUSTER: OnceLock<Result<PgCluster, String>> = OnceLock::new();
 /// With `DATABASE_URL` set, it is created on that server (the URL's user needs CREATEDB) and dropped again
 /// when the `TestDb` is dropped, unless the test is panicking, so that a failure can be inspected.
 /// Without it, it is created on a private PostgreSQL cluster that this process starts on first use
-/// (about a second) and that goes away with the process; there nothing is dropped, since everything goes at once.
+/// (`PgCluster::start_temporary`, under a second in /dev/shm) and that goes away with the process;
+/// there nothing is dropped, since everything goes at once.
+/// Under nextest every test is a process of its own, so each such test pays for that start, plus about 0.2 s for its database.
 pub struct TestDb {
     pool: PgPool,
     options: PgConnectOptions,
@@ -48,6 +50,7 @@ impl TestDb {
             _ => (private_cluster().await?, false),
         };
 
+        let started = std::time::Instant::now();
         let name = format!("ferrite_test_{}", uuid::Uuid::new_v4().simple());
         let mut connection =
             PgConnection::connect_with(&admin).await.context("cannot connect to the test PostgreSQL server")?;
@@ -59,12 +62,14 @@ impl TestDb {
         // Best effort: the database exists, and an unclean close only costs the server a log line.
         let _ = connection.close().await;
 
+        tracing::debug!(elapsed = ?started.elapsed(), "test database created");
         let options = admin.clone().database(&name);
         let pool = ferrite_db::connect(options.clone())
             .await
             .with_context(|| format!("cannot connect to test database {name}"))?;
+        tracing::debug!(elapsed = ?started.elapsed(), "test database connected");
         ferrite_db::migrate(&pool).await.with_context(|| format!("cannot migrate test database {name}"))?;
-        tracing::debug!(database = %name, "test database ready");
+        tracing::debug!(database = %name, elapsed = ?started.elapsed(), "test database created and migrated");
         Ok(TestDb { pool, options, name, shared_server: shared.then_some(admin) })
     }
 

@@ -1,15 +1,21 @@
-//! Test fixtures for Ferrite: a fresh migrated PostgreSQL database per test, and quiet tracing unless asked.
+//! Test fixtures for Ferrite: a fresh migrated PostgreSQL database per test, an embedded broker, and quiet tracing unless asked.
 //!
 //! # Layout
 //!
 //! - `db.rs`: [`TestDb`], a UUID-named database with the migrations applied, on the server of `DATABASE_URL`
 //!   or on a private cluster that this test process starts once and that dies with it.
 //! - `logging.rs`: [`init_test_tracing`], which prints logs only when `TEST_LOG` is set.
+//! - `broker.rs`: [`TestBroker`], the embedded broker on loopback port 0 with its own data directory.
+//! - `wait.rs`: [`wait_for`], polling for an outcome with a generous deadline instead of asserting timings.
 //!
 //! Test helpers return `anyhow::Result`, so a failing fixture says what it was doing.
 
+mod broker;
 mod db;
 mod logging;
+mod wait;
 
+pub use broker::TestBroker;
 pub use db::TestDb;
 pub use logging::init_test_tracing;
+pub use wait::{WAIT_DEADLINE, wait_for};

@@ -143,6 +143,10 @@ impl Ingester {
                     }
                     Some(Event::Connected { session_present }) => {
                         tracing::info!(session_present, "ingester connected to the broker");
+                        // A kept session keeps its subscriptions: no SUBSCRIBE, so no SubAck, will follow.
+                        if session_present {
+                            stats.subscribed.store(true, Ordering::Relaxed);
+                        }
                     }
                     Some(Event::Subscribed { refused }) => {
                         if refused == 0 {
@@ -216,6 +220,7 @@ async fn flush(pool: &PgPool, session: &Session, batch: &mut Batch, stats: &Stat
             tracing::warn!(%error, "could not acknowledge a message");
         }
     }
+    tracing::debug!(messages = messages.len(), ?outcome, "batch committed");
     stats.stored.fetch_add(outcome.stored, Ordering::Relaxed);
     stats.duplicates.fetch_add(outcome.duplicates, Ordering::Relaxed);
     stats.dead_lettered.fetch_add(outcome.dead_lettered, Ordering::Relaxed);

@@ -18,19 +18,16 @@ pub struct Outcome {
 }
 
 /// Days of partitions kept ready behind and ahead of today, so inserts land in a daily partition.
-const PARTITION_DAYS_BACK: i32 = 1;
-const PARTITION_DAYS_AHEAD: i32 = 7;
+const PARTITION_DAYS_BACK: u32 = 1;
+const PARTITION_DAYS_AHEAD: u32 = 7;
 
 /// Creates the readings partitions around today (UTC) that are missing.
-pub async fn ensure_partitions(pool: &PgPool) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "SELECT ferrite_ensure_readings_partitions(
-             (now() AT TIME ZONE 'UTC')::date - $1::int, (now() AT TIME ZONE 'UTC')::date + $2::int)",
-    )
-    .bind(PARTITION_DAYS_BACK)
-    .bind(PARTITION_DAYS_AHEAD)
-    .execute(pool)
-    .await?;
+/// Called on its own, never inside a transaction that has written readings (it locks the table briefly).
+pub async fn ensure_partitions(pool: &PgPool) -> Result<(), ferrite_db::DbError> {
+    let created = ferrite_db::ensure_partitions(pool, PARTITION_DAYS_BACK, PARTITION_DAYS_AHEAD).await?;
+    if created > 0 {
+        tracing::info!(created, "created readings partitions");
+    }
     Ok(())
 }
 

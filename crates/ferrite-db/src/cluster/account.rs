@@ -1,7 +1,8 @@
 //! The operating-system account PostgreSQL runs as: ourselves, or the `postgres` system user when we are root.
 
 use std::fs;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::io::Write;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::Command;
@@ -49,6 +50,24 @@ impl ServerAccount {
         }
         fs::set_permissions(path, fs::Permissions::from_mode(mode))
             .map_err(|err| DbError::io(format!("cannot chmod {}", path.display()), err))
+    }
+
+    /// Replaces the file at `path` with a new one of this account holding `contents`.
+    ///
+    /// As root we write into a directory that the server account controls, so whatever is at `path`
+    /// (possibly a symbolic link planted there) is removed rather than written through,
+    /// and the new file is created exclusively and handed over by its handle, never by its name.
+    pub(crate) fn write_file(&self, path: &Path, contents: &[u8], mode: u32) -> Result<(), DbError> {
+        let failed = |err| DbError::io(format!("cannot write {}", path.display()), err);
+        match fs::remove_file(path) {
+            Err(err) if err.kind() != std::io::ErrorKind::NotFound => return Err(failed(err)),
+            _ => {}
+        }
+        let mut file = fs::OpenOptions::new().write(true).create_new(true).mode(mode).open(path).map_err(failed)?;
+        if self.switch {
+            std::os::unix::fs::fchown(&file, Some(self.uid), Some(self.gid)).map_err(failed)?;
+        }
+        file.write_all(contents).map_err(failed)
     }
 
     /// Fails when this account cannot search every directory above `data_dir`.
