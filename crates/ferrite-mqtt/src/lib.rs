@@ -20,5 +20,5 @@ pub mod session;
 
 pub use config::{BrokerUrl, SessionConfig, UrlError};
 pub use rumqttc::v5::mqttbytes::QoS;
-pub use rumqttc::v5::mqttbytes::v5::{LastWill, Publish, PublishProperties};
+pub use rumqttc::v5::mqttbytes::v5::{Filter, LastWill, Publish, PublishProperties, RetainForwardRule};
 pub use session::{Event, Message, Session, SessionError};

@@ -7,7 +7,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use rumqttc::Outgoing;
 use rumqttc::v5::mqttbytes::QoS;
-use rumqttc::v5::mqttbytes::v5::{Packet, Publish, PublishProperties, SubscribeReasonCode};
+use rumqttc::v5::mqttbytes::v5::{Filter, Packet, Publish, PublishProperties, SubscribeReasonCode};
 use rumqttc::v5::{AsyncClient, Event as RawEvent, EventLoop, MqttOptions, Request};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
@@ -83,7 +83,8 @@ struct Outbound {
 enum Command {
     Publish(Outbound, Option<OwnedSemaphorePermit>),
     Ack { generation: u64, publish: Box<Publish> },
-    Subscribe(String, QoS),
+    Subscribe(Filter),
+    Unsubscribe(String),
     Close { drain: Duration, done: oneshot::Sender<usize> },
 }
 
@@ -108,7 +109,7 @@ impl Session {
             eventloop,
             events: event_tx,
             commands: command_rx,
-            subscriptions: config.subscriptions.clone(),
+            subscriptions: config.subscriptions.iter().map(|(path, qos)| Filter::new(path.clone(), *qos)).collect(),
             ledger: VecDeque::new(),
             awaiting_pkid: VecDeque::new(),
             next_id: 0,
@@ -156,7 +157,17 @@ impl Session {
 
     /// Adds a subscription, kept across reconnects.
     pub fn subscribe(&self, filter: impl Into<String>, qos: QoS) -> Result<(), SessionError> {
-        self.commands.send(Command::Subscribe(filter.into(), qos)).map_err(|_| SessionError::Stopped)
+        self.subscribe_filter(Filter::new(filter, qos))
+    }
+
+    /// Adds a subscription with MQTT 5 options (no-local, retain-as-published, retain handling).
+    pub fn subscribe_filter(&self, filter: Filter) -> Result<(), SessionError> {
+        self.commands.send(Command::Subscribe(filter)).map_err(|_| SessionError::Stopped)
+    }
+
+    /// Removes a subscription (and stops renewing it on reconnect).
+    pub fn unsubscribe(&self, filter: impl Into<String>) -> Result<(), SessionError> {
+        self.commands.send(Command::Unsubscribe(filter.into())).map_err(|_| SessionError::Stopped)
     }
 
     /// Drops the connection at once, without DISCONNECT, as a crashing device would: the broker then
@@ -220,7 +231,7 @@ struct Driver {
     eventloop: EventLoop,
     events: mpsc::Sender<Event>,
     commands: mpsc::UnboundedReceiver<Command>,
-    subscriptions: Vec<(String, QoS)>,
+    subscriptions: Vec<Filter>,
     ledger: VecDeque<Entry>,
     /// Ids of ledger entries handed to rumqttc on this connection, in order, whose packet id is not known yet.
     awaiting_pkid: VecDeque<u64>,
@@ -282,10 +293,8 @@ impl Driver {
             RawEvent::Incoming(Packet::ConnAck(connack)) => {
                 self.generation += 1;
                 self.connected = true;
-                if !connack.session_present {
-                    for (filter, qos) in self.subscriptions.clone() {
-                        let _ = self.client.try_subscribe(filter, qos);
-                    }
+                if !connack.session_present && !self.subscriptions.is_empty() {
+                    let _ = self.client.try_subscribe_many(self.subscriptions.clone());
                 }
                 self.resend_all();
                 return self.deliver(Event::Connected { session_present: connack.session_present }).await;
@@ -297,7 +306,8 @@ impl Driver {
             RawEvent::Incoming(Packet::PubAck(ack)) => self.acknowledged(ack.pkid),
             RawEvent::Incoming(Packet::PubComp(comp)) => self.acknowledged(comp.pkid),
             RawEvent::Incoming(Packet::SubAck(suback)) => {
-                let refused = suback.return_codes.iter().filter(|code| !matches!(code, SubscribeReasonCode::Success(_))).count();
+                let refused =
+                    suback.return_codes.iter().filter(|code| !matches!(code, SubscribeReasonCode::Success(_))).count();
                 if refused > 0 {
                     tracing::warn!(refused, "broker refused a subscription");
                 }
@@ -339,11 +349,18 @@ impl Driver {
                     let _ = self.client.try_ack(&publish);
                 }
             }
-            Command::Subscribe(filter, qos) => {
+            Command::Subscribe(filter) => {
                 if self.connected {
-                    let _ = self.client.try_subscribe(filter.clone(), qos);
+                    let _ = self.client.try_subscribe_many([filter.clone()]);
                 }
-                self.subscriptions.push((filter, qos));
+                self.subscriptions.retain(|kept| kept.path != filter.path);
+                self.subscriptions.push(filter);
+            }
+            Command::Unsubscribe(path) => {
+                if self.connected {
+                    let _ = self.client.try_unsubscribe(path.clone());
+                }
+                self.subscriptions.retain(|kept| kept.path != path);
             }
             Command::Close { drain, done } => {
                 self.closing = Some(Closing { deadline: tokio::time::Instant::now() + drain, done });

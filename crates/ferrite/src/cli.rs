@@ -238,7 +238,9 @@ impl Cli {
 
 fn check_sim(sim: &SimArgs) -> anyhow::Result<()> {
     anyhow::ensure!(!sim.interval.is_zero(), "--interval must be above zero");
-    for (name, rate) in [("--drop-rate", sim.drop_rate), ("--burst-rate", sim.burst_rate), ("--bad-payload-rate", sim.bad_payload_rate)] {
+    for (name, rate) in
+        [("--drop-rate", sim.drop_rate), ("--burst-rate", sim.burst_rate), ("--bad-payload-rate", sim.bad_payload_rate)]
+    {
         anyhow::ensure!((0.0..=1.0).contains(&rate), "{name} is a probability between 0 and 1, got {rate}");
     }
     ferrite_core::DeviceId::new(format!("{}-0001", sim.prefix))
@@ -270,7 +272,12 @@ impl IngestArgs {
 }
 
 impl SimArgs {
-    pub fn config(&self, broker: BrokerUrl, devices: usize, credentials: Option<(String, String)>) -> ferrite_fleet::Config {
+    pub fn config(
+        &self,
+        broker: BrokerUrl,
+        devices: usize,
+        credentials: Option<(String, String)>,
+    ) -> ferrite_fleet::Config {
         let mut config = ferrite_fleet::Config::new(broker, devices);
         config.prefix = self.prefix.clone();
         config.first = self.first;

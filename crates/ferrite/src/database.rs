@@ -20,7 +20,12 @@ impl Database {
         let (options, cluster, description) = match url {
             Some(url) => {
                 let options: PgConnectOptions = url.parse().context("DATABASE_URL is not a valid PostgreSQL URL")?;
-                let description = format!("postgres://{}:{}/{}", options.get_host(), options.get_port(), options.get_database().unwrap_or_default());
+                let description = format!(
+                    "postgres://{}:{}/{}",
+                    options.get_host(),
+                    options.get_port(),
+                    options.get_database().unwrap_or_default()
+                );
                 (options, None, description)
             }
             None => {

@@ -163,7 +163,11 @@ async fn ingester(args: IngesterArgs) -> anyhow::Result<()> {
         .await
         .context("the database is not ready for the ingester (has `ferrite migrate` run?)")?;
     let metrics = MetricsServer::bind(args.metrics_addr).await?;
-    println!("Ingesting from {} into PostgreSQL; metrics on http://{}/metrics", args.client.broker_url, metrics.local_addr());
+    println!(
+        "Ingesting from {} into PostgreSQL; metrics on http://{}/metrics",
+        args.client.broker_url,
+        metrics.local_addr()
+    );
     let metrics_task = tokio::spawn(metrics.run(shutdown.clone()));
     ingester.run(shutdown).await?;
     shutdown::join("metrics", metrics_task).await;

@@ -60,7 +60,9 @@ impl Batch {
                 }
             }
             Topic::Status { device } => match parse_presence(payload) {
-                Ok(presence) => self.presence.push(PresenceChange { device: device.clone(), presence, at: received_at }),
+                Ok(presence) => {
+                    self.presence.push(PresenceChange { device: device.clone(), presence, at: received_at })
+                }
                 // An empty retained status is a client clearing it, not a malformed message.
                 Err(PayloadError::Empty) => {}
                 Err(error) => self.dead_letter(topic_text, payload, &error),
@@ -70,7 +72,11 @@ impl Batch {
     }
 
     fn dead_letter(&mut self, topic: &str, payload: &Bytes, error: &PayloadError) {
-        self.dead_letters.push(DeadLetter { topic: topic.to_owned(), payload: payload.clone(), reason: error.to_string() });
+        self.dead_letters.push(DeadLetter {
+            topic: topic.to_owned(),
+            payload: payload.clone(),
+            reason: error.to_string(),
+        });
     }
 
     /// Messages received, whether or not they produced rows.

@@ -93,8 +93,13 @@ async fn write_one_by_one(pool: &PgPool, batch: &Batch) -> Result<Outcome, sqlx:
 }
 
 /// Devices that publish before they are registered are registered now, so nothing they send is lost.
-async fn register_devices(tx: &mut Transaction<'_, Postgres>, readings: &[Reading], presence: &[PresenceChange]) -> Result<(), sqlx::Error> {
-    let mut ids: Vec<&str> = readings.iter().map(|r| r.device.as_str()).chain(presence.iter().map(|p| p.device.as_str())).collect();
+async fn register_devices(
+    tx: &mut Transaction<'_, Postgres>,
+    readings: &[Reading],
+    presence: &[PresenceChange],
+) -> Result<(), sqlx::Error> {
+    let mut ids: Vec<&str> =
+        readings.iter().map(|r| r.device.as_str()).chain(presence.iter().map(|p| p.device.as_str())).collect();
     ids.sort_unstable();
     ids.dedup();
     if ids.is_empty() {
@@ -176,7 +181,11 @@ async fn upsert_latest(tx: &mut Transaction<'_, Postgres>, readings: &[Reading])
 }
 
 /// Applies status messages (the last one per device wins) and refreshes `last_seen` from readings.
-async fn update_presence(tx: &mut Transaction<'_, Postgres>, readings: &[Reading], presence: &[PresenceChange]) -> Result<u64, sqlx::Error> {
+async fn update_presence(
+    tx: &mut Transaction<'_, Postgres>,
+    readings: &[Reading],
+    presence: &[PresenceChange],
+) -> Result<u64, sqlx::Error> {
     let mut seen: HashMap<&str, DateTime<Utc>> = HashMap::new();
     for reading in readings {
         // The reading's own time may come from a wrong device clock; arrival is what presence means.

@@ -28,7 +28,10 @@ async fn spawn_ingester(
 }
 
 async fn count(db: &TestDb, sql: &str) -> anyhow::Result<i64> {
-    sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(sql.to_owned())).fetch_one(db.pool()).await.with_context(|| sql.to_owned())
+    sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(sql.to_owned()))
+        .fetch_one(db.pool())
+        .await
+        .with_context(|| sql.to_owned())
 }
 
 fn fleet_config(broker: &BrokerUrl, devices: usize, count: u64, interval_ms: u64) -> ferrite_fleet::Config {
@@ -51,13 +54,19 @@ async fn fleet_readings_land_in_postgres_counted_exactly() -> anyhow::Result<()>
     assert_eq!(fleet_stats.readings.load(Ordering::Relaxed), 5 * 20 * 3);
     assert_eq!(fleet_stats.unacknowledged.load(Ordering::Relaxed), 0, "the broker acknowledged every reading");
 
-    wait_for("300 readings in PostgreSQL", || async { count(&db, "SELECT count(*) FROM readings").await.is_ok_and(|n| n >= 300) })
-        .await?;
+    wait_for("300 readings in PostgreSQL", || async {
+        count(&db, "SELECT count(*) FROM readings").await.is_ok_and(|n| n >= 300)
+    })
+    .await?;
     // Let any straggler arrive before the exact count: there must be none.
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(count(&db, "SELECT count(*) FROM readings").await?, 300);
     assert_eq!(
-        count(&db, "SELECT count(*) FROM (SELECT device_id, metric FROM readings GROUP BY 1, 2 HAVING count(*) = 20) t").await?,
+        count(
+            &db,
+            "SELECT count(*) FROM (SELECT device_id, metric FROM readings GROUP BY 1, 2 HAVING count(*) = 20) t"
+        )
+        .await?,
         15,
         "every device and metric has exactly its 20 readings"
     );
@@ -102,7 +111,11 @@ async fn a_killed_ingester_loses_and_doubles_nothing() -> anyhow::Result<()> {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(count(&db, "SELECT count(*) FROM readings").await?, 3000, "none lost, none doubled");
     assert_eq!(
-        count(&db, "SELECT count(*) FROM (SELECT device_id, metric FROM readings GROUP BY 1, 2 HAVING count(*) = 100) t").await?,
+        count(
+            &db,
+            "SELECT count(*) FROM (SELECT device_id, metric FROM readings GROUP BY 1, 2 HAVING count(*) = 100) t"
+        )
+        .await?,
         30
     );
     assert!(stored_before < 3000, "the first ingester was killed before the end ({stored_before} stored)");
@@ -143,7 +156,8 @@ async fn garbage_goes_to_dead_letters_and_valid_readings_around_it_land() -> any
     assert_eq!(count(&db, "SELECT count(*) FROM readings").await?, 5);
     let letters: Vec<(String, Vec<u8>, String)> =
         sqlx::query_as("SELECT topic, payload, reason FROM dead_letters ORDER BY id").fetch_all(db.pool()).await?;
-    let summary: Vec<(&str, &[u8])> = letters.iter().map(|(topic, payload, _)| (topic.as_str(), payload.as_slice())).collect();
+    let summary: Vec<(&str, &[u8])> =
+        letters.iter().map(|(topic, payload, _)| (topic.as_str(), payload.as_slice())).collect();
     assert_eq!(
         summary,
         vec![
@@ -157,7 +171,9 @@ async fn garbage_goes_to_dead_letters_and_valid_readings_around_it_land() -> any
     assert!(letters[1].2.contains("invalid JSON"), "reason: {}", letters[1].2);
     assert_eq!(stats.dead_lettered.load(Ordering::Relaxed), 4);
     let latest: f64 =
-        sqlx::query_scalar("SELECT value FROM latest_readings WHERE device_id = 'dev-1' AND metric = 'battery'").fetch_one(db.pool()).await?;
+        sqlx::query_scalar("SELECT value FROM latest_readings WHERE device_id = 'dev-1' AND metric = 'battery'")
+            .fetch_one(db.pool())
+            .await?;
     assert_eq!(latest, 97.0);
 
     device.close(Duration::from_secs(2)).await;

@@ -1,0 +1,111 @@
+//! The `ferrite` binary as a user runs it: `ferrite up` end to end, `--help`, and bad configuration.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+
+use anyhow::Context;
+use ferrite_testkit::wait_for;
+use sqlx::postgres::PgConnectOptions;
+
+fn ferrite() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_ferrite"))
+}
+
+#[test]
+fn help_lists_every_command() {
+    let output = ferrite().arg("--help").output().expect("the binary runs");
+    assert!(output.status.success());
+    let help = String::from_utf8_lossy(&output.stdout);
+    for command in ["up", "broker", "ingester", "fleet", "migrate"] {
+        assert!(help.contains(command), "--help does not mention {command}:\n{help}");
+    }
+}
+
+#[test]
+fn bad_configuration_fails_before_binding_with_one_clear_line() {
+    let cases: [(&[&str], &str); 4] = [
+        (&["up", "--mqtt-addr", "not-an-address"], "--mqtt-addr"),
+        (&["up", "--drop-rate", "2"], "--drop-rate is a probability"),
+        (&["fleet", "--broker-url", "http://x"], "invalid broker url"),
+        (&["up", "--mqtt-addr", "127.0.0.1:18999", "--ws-addr", "127.0.0.1:18999"], "two listeners"),
+    ];
+    for (args, expected) in cases {
+        let output = ferrite().args(args).env_remove("DATABASE_URL").output().expect("the binary runs");
+        assert_eq!(output.status.code(), Some(2), "{args:?} should exit 2");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let first = stderr.lines().next().unwrap_or_default();
+        assert!(first.starts_with("error:") && stderr.contains(expected), "{args:?}: {stderr}");
+    }
+}
+
+/// Reads the banner `ferrite up` prints and returns the MQTT address.
+fn read_banner(stdout: impl std::io::Read) -> anyhow::Result<(String, Vec<String>)> {
+    let mut lines = Vec::new();
+    let mut mqtt = None;
+    for line in BufReader::new(stdout).lines() {
+        let line = line?;
+        if let Some(addr) = line.trim().strip_prefix("MQTT").and_then(|rest| rest.trim().strip_prefix("mqtt://")) {
+            mqtt = Some(addr.to_owned());
+        }
+        let done = line.starts_with("Press Ctrl-C");
+        lines.push(line);
+        if done {
+            break;
+        }
+    }
+    Ok((mqtt.with_context(|| format!("no MQTT line in the banner: {lines:?}"))?, lines))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn up_runs_the_platform_and_stops_cleanly() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut child = ferrite()
+        .args(["up", "--fleet", "3", "--interval", "100ms"])
+        .args(["--mqtt-addr", "127.0.0.1:0", "--ws-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
+        .arg("--data-dir")
+        .arg(dir.path().join("state"))
+        .env_remove("DATABASE_URL")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()?;
+    let stdout = child.stdout.take().context("stdout is piped")?;
+    let (banner, stdout) = tokio::task::spawn_blocking(move || {
+        let mut reader = BufReader::new(stdout);
+        let banner = read_banner(&mut reader);
+        (banner, reader)
+    })
+    .await?;
+    let (mqtt, lines) = banner?;
+    assert!(lines.iter().any(|l| l.contains("PostgreSQL")), "{lines:?}");
+    assert!(lines.iter().any(|l| l.contains("sim-0001 .. sim-0003")), "{lines:?}");
+    assert!(mqtt.starts_with("127.0.0.1:"));
+
+    // The private cluster keeps its password and port beside the data, for psql and for us.
+    let cluster = dir.path().join("state/postgres");
+    let password = std::fs::read_to_string(cluster.join("password"))?;
+    let port: u16 = std::fs::read_to_string(cluster.join("port"))?.trim().parse()?;
+    let options = PgConnectOptions::new().host("127.0.0.1").port(port).username("postgres").password(password.trim());
+    let pool = sqlx::PgPool::connect_with(options).await?;
+    wait_for("fleet readings in PostgreSQL", || async {
+        sqlx::query_scalar::<_, i64>("SELECT count(DISTINCT device_id) FROM readings")
+            .fetch_one(&pool)
+            .await
+            .is_ok_and(|devices| devices == 3)
+    })
+    .await?;
+    pool.close().await;
+
+    // SIGTERM drains: the process exits 0 and reports what it stored.
+    let pid = child.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status()?.success());
+    let status = tokio::task::spawn_blocking(move || child.wait()).await??;
+    assert!(status.success(), "ferrite up exited with {status}");
+    let rest: Vec<String> = stdout.lines().collect::<Result<_, _>>()?;
+    assert!(rest.iter().any(|l| l.starts_with("Ferrite stopped:")), "{rest:?}");
+
+    // Nothing keeps running: the PostgreSQL of that data directory has stopped.
+    wait_for("the private PostgreSQL to stop", || std::future::ready(!cluster.join("data/postmaster.pid").exists()))
+        .await?;
+    Ok(())
+}
