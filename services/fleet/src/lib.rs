@@ -113,8 +113,13 @@ impl Fleet {
         anyhow::ensure!(!config.interval.is_zero(), "the reading interval must be above zero");
         let last = config.device_id(config.devices - 1);
         ferrite_core::DeviceId::new(&last).map_err(|error| anyhow::anyhow!("device prefix gives bad ids: {error}"))?;
-        for rate in [config.misbehaviour.drop_rate, config.misbehaviour.burst_rate, config.misbehaviour.bad_payload_rate] {
-            anyhow::ensure!((0.0..=1.0).contains(&rate), "misbehaviour rates are probabilities between 0 and 1, got {rate}");
+        for rate in
+            [config.misbehaviour.drop_rate, config.misbehaviour.burst_rate, config.misbehaviour.bad_payload_rate]
+        {
+            anyhow::ensure!(
+                (0.0..=1.0).contains(&rate),
+                "misbehaviour rates are probabilities between 0 and 1, got {rate}"
+            );
         }
         Ok(Fleet { config: Arc::new(config), stats: Arc::default() })
     }

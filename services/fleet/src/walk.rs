@@ -17,9 +17,33 @@ impl Walk {
     /// The three metrics every simulated device reports, started at a random point.
     pub fn standard(rng: &mut fastrand::Rng) -> Vec<Walk> {
         vec![
-            Walk { metric: "temperature", unit: "C", value: 18.0 + rng.f64() * 6.0, step: 0.2, drift: 0.0, min: -10.0, max: 45.0 },
-            Walk { metric: "humidity", unit: "%", value: 35.0 + rng.f64() * 20.0, step: 0.5, drift: 0.0, min: 0.0, max: 100.0 },
-            Walk { metric: "battery", unit: "%", value: 80.0 + rng.f64() * 20.0, step: 0.0, drift: -0.01, min: 0.0, max: 100.0 },
+            Walk {
+                metric: "temperature",
+                unit: "C",
+                value: 18.0 + rng.f64() * 6.0,
+                step: 0.2,
+                drift: 0.0,
+                min: -10.0,
+                max: 45.0,
+            },
+            Walk {
+                metric: "humidity",
+                unit: "%",
+                value: 35.0 + rng.f64() * 20.0,
+                step: 0.5,
+                drift: 0.0,
+                min: 0.0,
+                max: 100.0,
+            },
+            Walk {
+                metric: "battery",
+                unit: "%",
+                value: 80.0 + rng.f64() * 20.0,
+                step: 0.0,
+                drift: -0.01,
+                min: 0.0,
+                max: 100.0,
+            },
         ]
     }
 
