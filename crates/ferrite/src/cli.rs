@@ -29,8 +29,77 @@ pub enum Command {
     Ingester(IngesterArgs),
     /// Run simulated devices against any MQTT broker.
     Fleet(FleetArgs),
+    /// Run the device registry alone: gRPC and REST APIs (needs DATABASE_URL).
+    Registry(RegistryArgs),
+    /// Manage devices and their MQTT credentials through the registry's gRPC API.
+    Device(ferrite_registry::cli::DeviceArgs),
+    /// Manage API tokens for the REST and gRPC APIs.
+    Token(ferrite_registry::cli::TokenArgs),
     /// Apply the database migrations (to DATABASE_URL, or the private cluster under --data-dir) and exit.
     Migrate(MigrateArgs),
+}
+
+/// The registry's listeners and access rules.
+#[derive(Args, Debug, Clone)]
+pub struct ApiArgs {
+    /// Registry gRPC (DeviceRegistry, ApiTokens, health, reflection).
+    #[arg(long, env = "FERRITE_GRPC_ADDR", default_value = "127.0.0.1:50051")]
+    pub grpc_addr: SocketAddr,
+    /// Registry REST API (/api/v1, /openapi.json).
+    #[arg(long, env = "FERRITE_REST_ADDR", default_value = "127.0.0.1:8081")]
+    pub rest_addr: SocketAddr,
+    /// Allow anonymous MQTT clients and token-less API calls even on non-loopback addresses (not recommended).
+    #[arg(long, env = "FERRITE_ALLOW_ANONYMOUS")]
+    pub allow_anonymous: bool,
+}
+
+impl ApiArgs {
+    pub fn registry_config(&self) -> ferrite_registry::Config {
+        ferrite_registry::Config {
+            grpc_addr: self.grpc_addr,
+            rest_addr: self.rest_addr,
+            allow_anonymous: self.allow_anonymous,
+            require_token: false,
+        }
+    }
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct RegistryArgs {
+    #[command(flatten)]
+    pub api: ApiArgs,
+    /// PostgreSQL, e.g. postgres://user:password@host/ferrite.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: String,
+}
+
+/// Service-account secrets for the platform's own MQTT clients (`service:<role>` usernames).
+#[derive(Args, Debug, Clone, Default)]
+pub struct ServiceSecrets {
+    /// Secret of the `service:ingester` MQTT account.
+    #[arg(long, env = "FERRITE_SERVICE_SECRET_INGESTER", hide_env_values = true)]
+    pub ingester_secret: Option<String>,
+    /// Secret of the `service:gateway` MQTT account.
+    #[arg(long, env = "FERRITE_SERVICE_SECRET_GATEWAY", hide_env_values = true)]
+    pub gateway_secret: Option<String>,
+    /// Secret of the `service:fleet` MQTT account.
+    #[arg(long, env = "FERRITE_SERVICE_SECRET_FLEET", hide_env_values = true)]
+    pub fleet_secret: Option<String>,
+}
+
+impl ServiceSecrets {
+    /// The configured accounts; roles without a secret have no account.
+    pub fn accounts(&self) -> Vec<ferrite_registry::ServiceAccount> {
+        use ferrite_registry::{ServiceAccount, ServiceRole};
+        [
+            (ServiceRole::Ingester, &self.ingester_secret),
+            (ServiceRole::Gateway, &self.gateway_secret),
+            (ServiceRole::Fleet, &self.fleet_secret),
+        ]
+        .into_iter()
+        .filter_map(|(role, secret)| secret.as_ref().map(|secret| ServiceAccount::new(role, secret.clone())))
+        .collect()
+    }
 }
 
 /// Where `ferrite up` and `ferrite broker` keep their state.
@@ -63,6 +132,15 @@ pub struct BrokerArgs {
     /// Prometheus /metrics and /healthz.
     #[arg(long, env = "FERRITE_METRICS_ADDR", default_value = "127.0.0.1:9100")]
     pub metrics_addr: SocketAddr,
+    /// PostgreSQL of the registry: MQTT clients are then checked against its devices and credentials.
+    /// Without it the broker accepts anonymous clients, which is allowed only on loopback (or with --allow-anonymous).
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// Allow anonymous MQTT clients on non-loopback addresses (not recommended).
+    #[arg(long, env = "FERRITE_ALLOW_ANONYMOUS")]
+    pub allow_anonymous: bool,
+    #[command(flatten)]
+    pub secrets: ServiceSecrets,
 }
 
 /// How a service reaches the broker.
@@ -197,6 +275,8 @@ pub struct UpArgs {
     /// HTTP: Prometheus /metrics and /healthz for the whole process.
     #[arg(long, env = "FERRITE_HTTP_ADDR", default_value = "127.0.0.1:8080")]
     pub http_addr: SocketAddr,
+    #[command(flatten)]
+    pub api: ApiArgs,
     /// PostgreSQL to use instead of the private cluster.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
@@ -218,7 +298,8 @@ impl Cli {
             Command::Up(args) => {
                 check_sim(&args.sim)?;
                 check_ingest(&args.ingest)?;
-                let addrs = [args.listen.mqtt_addr, args.listen.ws_addr, args.http_addr];
+                let addrs =
+                    [args.listen.mqtt_addr, args.listen.ws_addr, args.http_addr, args.api.grpc_addr, args.api.rest_addr];
                 for (idx, addr) in addrs.iter().enumerate() {
                     if addr.port() != 0 && addrs[..idx].contains(addr) {
                         anyhow::bail!("{addr} is configured for two listeners");
@@ -231,7 +312,16 @@ impl Cli {
                 anyhow::ensure!(args.devices > 0, "--devices must be at least 1");
                 check_sim(&args.sim)
             }
-            Command::Broker(_) | Command::Migrate(_) => Ok(()),
+            Command::Broker(args) => {
+                let exposed = !ferrite_registry::all_loopback([args.listen.mqtt_addr, args.listen.ws_addr]);
+                anyhow::ensure!(
+                    args.database_url.is_some() || !exposed || args.allow_anonymous,
+                    "the broker listens beyond loopback but has no DATABASE_URL to check credentials against \
+                     (set DATABASE_URL, or --allow-anonymous to accept anyone)"
+                );
+                Ok(())
+            }
+            Command::Registry(_) | Command::Device(_) | Command::Token(_) | Command::Migrate(_) => Ok(()),
         }
     }
 }

@@ -9,11 +9,13 @@ use ferrite_broker::Broker;
 use ferrite_fleet::Fleet;
 use ferrite_ingester::Ingester;
 use ferrite_mqtt::BrokerUrl;
+use ferrite_registry::{AuthorizerConfig, Registry, RegistryAuthorizer, RegistryService, ServiceAccount, ServiceRole};
+use std::sync::Arc;
 use ferrite_telemetry::MetricsServer;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::cli::{BrokerArgs, Cli, Command, FleetArgs, IngesterArgs, MigrateArgs, UpArgs};
+use crate::cli::{BrokerArgs, Cli, Command, FleetArgs, IngesterArgs, MigrateArgs, RegistryArgs, UpArgs};
 use crate::database::Database;
 use crate::shutdown;
 
@@ -28,8 +30,32 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Broker(args) => broker(args).await,
         Command::Ingester(args) => ingester(args).await,
         Command::Fleet(args) => fleet(args).await,
+        Command::Registry(args) => registry(args).await,
+        Command::Device(args) => ferrite_registry::cli::run_device_command(args, &mut std::io::stdout()).await,
+        Command::Token(args) => ferrite_registry::cli::run_token_command(args, &mut std::io::stdout()).await,
         Command::Migrate(args) => migrate(args).await,
     }
+}
+
+/// A fresh secret for an in-process service account: 256 random bits from the OS generator (via UUID v4).
+fn random_secret() -> String {
+    format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple())
+}
+
+/// The broker's authorizer over the registry: anonymous clients only while the broker is on loopback
+/// (Mosquitto 2's rule) or when the user insisted.
+fn registry_authorizer(
+    service: RegistryService,
+    broker: &ferrite_broker::Config,
+    allow_anonymous: bool,
+    services: Vec<ferrite_registry::ServiceAccount>,
+) -> anyhow::Result<Arc<RegistryAuthorizer>> {
+    let loopback = ferrite_registry::all_loopback([broker.mqtt_addr].into_iter().chain(broker.ws_addr));
+    if allow_anonymous && !loopback {
+        tracing::warn!("--allow-anonymous: ANY client that reaches the broker may connect, publish and subscribe");
+    }
+    let config = AuthorizerConfig { allow_anonymous: loopback || allow_anonymous, services };
+    Ok(Arc::new(RegistryAuthorizer::new(service, config)?))
 }
 
 type Task = JoinHandle<anyhow::Result<()>>;
@@ -40,28 +66,32 @@ fn local_url(addr: SocketAddr) -> BrokerUrl {
     BrokerUrl::Tcp { host: host.to_string(), port: addr.port() }
 }
 
-fn warn_if_exposed(addrs: &[SocketAddr]) {
-    if addrs.iter().any(|addr| !addr.ip().is_loopback()) {
-        tracing::warn!(
-            "listening beyond loopback with anonymous MQTT access: anyone who can reach these ports can publish and subscribe \
-             (device credentials and topic ACLs arrive with the device registry)"
-        );
-    }
-}
-
 async fn up(args: UpArgs) -> anyhow::Result<()> {
     let shutdown = shutdown::on_signal();
     std::fs::create_dir_all(&args.data.data_dir)
         .with_context(|| format!("cannot create the data directory {}", args.data.data_dir.display()))?;
     let database = Database::open(args.database_url.as_deref(), &args.data.data_dir).await?;
 
-    let broker = Broker::bind(args.listen.broker_config(&args.data)).await.context("cannot start the broker")?;
+    // Our own services log in with accounts whose secrets live only in this process.
+    let ingester_login = (ServiceRole::Ingester.username(), random_secret());
+    let fleet_login = (ServiceRole::Fleet.username(), random_secret());
+    let accounts = vec![
+        ServiceAccount::new(ServiceRole::Ingester, ingester_login.1.clone()),
+        ServiceAccount::new(ServiceRole::Fleet, fleet_login.1.clone()),
+    ];
+    let service = RegistryService::new(database.pool.clone());
+    let mut broker_config = args.listen.broker_config(&args.data);
+    broker_config.authorizer = registry_authorizer(service.clone(), &broker_config, args.api.allow_anonymous, accounts)?;
+    let broker = Broker::bind(broker_config).await.context("cannot start the broker")?;
+    let registry =
+        Registry::bind_service(args.api.registry_config(), service).await.context("cannot start the registry")?;
     let http = MetricsServer::bind(args.http_addr).await?;
     let mqtt_addr = broker.mqtt_addr();
     let ws_addr = broker.ws_addr();
-    warn_if_exposed(&[mqtt_addr, ws_addr.unwrap_or(mqtt_addr), http.local_addr()]);
+    let (grpc_addr, rest_addr) = (registry.grpc_addr(), registry.rest_addr());
     let broker_url = local_url(mqtt_addr);
-    let ingester = Ingester::bind(args.ingest.config(broker_url.clone(), None), database.pool.clone()).await?;
+    let ingester =
+        Ingester::bind(args.ingest.config(broker_url.clone(), Some(ingester_login)), database.pool.clone()).await?;
     let ingest_stats = ingester.stats();
     let http_addr = http.local_addr();
 
@@ -75,6 +105,11 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     });
     let mut ingester_task: Task = tokio::spawn(ingester.run(stop_ingester.clone()));
     let http_task: Task = tokio::spawn(http.run(stop_http.clone()));
+    let stop_registry = CancellationToken::new();
+    let registry_task: Task = tokio::spawn({
+        let token = stop_registry.clone();
+        async move { registry.run(token).await.map_err(anyhow::Error::from) }
+    });
 
     let waited = tokio::time::Instant::now();
     while !ingest_stats.subscribed.load(Ordering::Relaxed) && waited.elapsed() < SUBSCRIBE_WAIT {
@@ -89,10 +124,12 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     if let Some(ws) = ws_addr {
         println!("  MQTT/WebSocket  ws://{ws}/mqtt");
     }
+    println!("  Registry REST   http://{rest_addr}/api/v1/devices  (OpenAPI: http://{rest_addr}/openapi.json)");
+    println!("  Registry gRPC   http://{grpc_addr}  (reflection on)");
     println!("  Metrics         http://{http_addr}/metrics");
     println!("  PostgreSQL      {}", database.description);
     let fleet_task: Option<Task> = if args.fleet > 0 {
-        let config = args.sim.config(broker_url, args.fleet, None);
+        let config = args.sim.config(broker_url, args.fleet, Some(fleet_login));
         println!(
             "  Fleet           {} devices, {} .. {}, a reading per metric every {}",
             args.fleet,
@@ -129,6 +166,8 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     }
     stop_http.cancel();
     shutdown::join("http", http_task).await;
+    stop_registry.cancel();
+    shutdown::join("registry", registry_task).await;
     stop_broker.cancel();
     if !broker_task.is_finished() {
         shutdown::join("broker", broker_task).await;
@@ -140,9 +179,21 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
 
 async fn broker(args: BrokerArgs) -> anyhow::Result<()> {
     let shutdown = shutdown::on_signal();
-    let broker = Broker::bind(args.listen.broker_config(&args.data)).await.context("cannot start the broker")?;
+    let mut config = args.listen.broker_config(&args.data);
+    match &args.database_url {
+        Some(url) => {
+            let options = url.parse().context("DATABASE_URL is not a valid PostgreSQL URL")?;
+            let pool = ferrite_db::connect(options).await.context("cannot connect to PostgreSQL")?;
+            let service = RegistryService::new(pool);
+            config.authorizer = registry_authorizer(service, &config, args.allow_anonymous, args.secrets.accounts())?;
+        }
+        None if args.allow_anonymous => {
+            tracing::warn!("--allow-anonymous without DATABASE_URL: ANY client that reaches the broker may do anything");
+        }
+        None => tracing::info!("no DATABASE_URL: anonymous clients only, on loopback"),
+    }
+    let broker = Broker::bind(config).await.context("cannot start the broker")?;
     let metrics = MetricsServer::bind(args.metrics_addr).await?;
-    warn_if_exposed(&[broker.mqtt_addr(), broker.ws_addr().unwrap_or(broker.mqtt_addr())]);
     println!("MQTT            mqtt://{}", broker.mqtt_addr());
     if let Some(ws) = broker.ws_addr() {
         println!("MQTT/WebSocket  ws://{ws}/mqtt");
@@ -189,6 +240,17 @@ async fn fleet(args: FleetArgs) -> anyhow::Result<()> {
         stats.readings.load(Ordering::Relaxed),
         stats.unacknowledged.load(Ordering::Relaxed)
     );
+    Ok(())
+}
+
+async fn registry(args: RegistryArgs) -> anyhow::Result<()> {
+    let shutdown = shutdown::on_signal();
+    let options = args.database_url.parse().context("DATABASE_URL is not a valid PostgreSQL URL")?;
+    let pool = ferrite_db::connect(options).await.context("cannot connect to PostgreSQL")?;
+    let registry = Registry::bind(args.api.registry_config(), pool).await.context("cannot start the registry")?;
+    println!("Registry REST   http://{}/api/v1/devices", registry.rest_addr());
+    println!("Registry gRPC   http://{}", registry.grpc_addr());
+    registry.run(shutdown).await?;
     Ok(())
 }
 

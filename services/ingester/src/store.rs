@@ -186,15 +186,12 @@ async fn update_presence(
     readings: &[Reading],
     presence: &[PresenceChange],
 ) -> Result<u64, sqlx::Error> {
-    let mut seen: HashMap<&str, DateTime<Utc>> = HashMap::new();
-    for reading in readings {
-        // The reading's own time may come from a wrong device clock; arrival is what presence means.
-        let now = Utc::now();
-        seen.entry(reading.device.as_str()).and_modify(|at| *at = (*at).max(now)).or_insert(now);
-    }
-    if !seen.is_empty() {
-        let devices: Vec<&str> = seen.keys().copied().collect();
-        let at: Vec<DateTime<Utc>> = seen.values().copied().collect();
+    // The reading's own time may come from a wrong device clock; the write is what presence means.
+    let mut devices: Vec<&str> = readings.iter().map(|r| r.device.as_str()).collect();
+    devices.sort_unstable();
+    devices.dedup();
+    if !devices.is_empty() {
+        let at = vec![Utc::now(); devices.len()];
         sqlx::query(
             "INSERT INTO presence AS p (device_id, online, last_seen, changed_at)
              SELECT d, true, t, t FROM unnest($1::text[], $2::timestamptz[]) AS u(d, t)
