@@ -298,8 +298,13 @@ impl Cli {
             Command::Up(args) => {
                 check_sim(&args.sim)?;
                 check_ingest(&args.ingest)?;
-                let addrs =
-                    [args.listen.mqtt_addr, args.listen.ws_addr, args.http_addr, args.api.grpc_addr, args.api.rest_addr];
+                let addrs = [
+                    args.listen.mqtt_addr,
+                    args.listen.ws_addr,
+                    args.http_addr,
+                    args.api.grpc_addr,
+                    args.api.rest_addr,
+                ];
                 for (idx, addr) in addrs.iter().enumerate() {
                     if addr.port() != 0 && addrs[..idx].contains(addr) {
                         anyhow::bail!("{addr} is configured for two listeners");

@@ -9,9 +9,13 @@ use ferrite_broker::Broker;
 use ferrite_fleet::Fleet;
 use ferrite_ingester::Ingester;
 use ferrite_mqtt::BrokerUrl;
-use ferrite_registry::{AuthorizerConfig, Registry, RegistryAuthorizer, RegistryService, ServiceAccount, ServiceRole};
-use std::sync::Arc;
+use ferrite_registry::{
+    AuthorizerConfig, NewDevice, Registry, RegistryAuthorizer, RegistryError, RegistryService, ServiceAccount,
+    ServiceRole,
+};
 use ferrite_telemetry::MetricsServer;
+use secrecy::ExposeSecret;
+use std::sync::Arc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -40,6 +44,32 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 /// A fresh secret for an in-process service account: 256 random bits from the OS generator (via UUID v4).
 fn random_secret() -> String {
     format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple())
+}
+
+/// Fleet devices get their own credentials from the in-process registry: created on first use,
+/// rotated on later runs (the secret is only ever shown once, so a new run needs a new one).
+struct RegistryProvisioner(RegistryService);
+
+impl ferrite_fleet::Provisioner for RegistryProvisioner {
+    fn credentials<'a>(
+        &'a self,
+        device_id: &'a str,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<(String, String)>> + Send + 'a>> {
+        Box::pin(async move {
+            let new = NewDevice {
+                id: device_id.to_owned(),
+                name: Some(format!("Simulated {device_id}")),
+                tags: vec!["simulated".into()],
+                metadata: serde_json::Value::Null,
+            };
+            let issued = match self.0.create_device(new).await {
+                Ok((_, issued)) => issued,
+                Err(RegistryError::DeviceExists(_)) => self.0.rotate_credentials(device_id).await?,
+                Err(error) => return Err(error.into()),
+            };
+            Ok((issued.device_id, issued.secret.expose_secret().to_owned()))
+        })
+    }
 }
 
 /// The broker's authorizer over the registry: anonymous clients only while the broker is on loopback
@@ -74,15 +104,13 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
 
     // Our own services log in with accounts whose secrets live only in this process.
     let ingester_login = (ServiceRole::Ingester.username(), random_secret());
-    let fleet_login = (ServiceRole::Fleet.username(), random_secret());
-    let accounts = vec![
-        ServiceAccount::new(ServiceRole::Ingester, ingester_login.1.clone()),
-        ServiceAccount::new(ServiceRole::Fleet, fleet_login.1.clone()),
-    ];
+    let accounts = vec![ServiceAccount::new(ServiceRole::Ingester, ingester_login.1.clone())];
     let service = RegistryService::new(database.pool.clone());
     let mut broker_config = args.listen.broker_config(&args.data);
-    broker_config.authorizer = registry_authorizer(service.clone(), &broker_config, args.api.allow_anonymous, accounts)?;
+    broker_config.authorizer =
+        registry_authorizer(service.clone(), &broker_config, args.api.allow_anonymous, accounts)?;
     let broker = Broker::bind(broker_config).await.context("cannot start the broker")?;
+    let provisioner = Arc::new(RegistryProvisioner(service.clone()));
     let registry =
         Registry::bind_service(args.api.registry_config(), service).await.context("cannot start the registry")?;
     let http = MetricsServer::bind(args.http_addr).await?;
@@ -129,7 +157,8 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     println!("  Metrics         http://{http_addr}/metrics");
     println!("  PostgreSQL      {}", database.description);
     let fleet_task: Option<Task> = if args.fleet > 0 {
-        let config = args.sim.config(broker_url, args.fleet, Some(fleet_login));
+        let mut config = args.sim.config(broker_url, args.fleet, None);
+        config.provisioner = Some(provisioner);
         println!(
             "  Fleet           {} devices, {} .. {}, a reading per metric every {}",
             args.fleet,
@@ -188,7 +217,9 @@ async fn broker(args: BrokerArgs) -> anyhow::Result<()> {
             config.authorizer = registry_authorizer(service, &config, args.allow_anonymous, args.secrets.accounts())?;
         }
         None if args.allow_anonymous => {
-            tracing::warn!("--allow-anonymous without DATABASE_URL: ANY client that reaches the broker may do anything");
+            tracing::warn!(
+                "--allow-anonymous without DATABASE_URL: ANY client that reaches the broker may do anything"
+            );
         }
         None => tracing::info!("no DATABASE_URL: anonymous clients only, on loopback"),
     }

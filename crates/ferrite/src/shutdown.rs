@@ -5,6 +5,9 @@ use tokio_util::sync::CancellationToken;
 /// The longest each stage of shutdown may take before we move on without it.
 pub const GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// Signals closer together than this count as one.
+const REPEAT_WINDOW: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// A token cancelled on the first SIGINT or SIGTERM. A second signal exits the process immediately,
 /// for the user who does not want to wait for the drain.
 pub fn on_signal() -> CancellationToken {
@@ -14,7 +17,15 @@ pub fn on_signal() -> CancellationToken {
         wait_for_signal().await;
         tracing::info!("shutting down (press Ctrl-C again to exit at once)");
         cancel.cancel();
-        wait_for_signal().await;
+        let first = tokio::time::Instant::now();
+        // The same signal often arrives twice at once (a supervisor signalling both the process and its
+        // group, as `timeout` does); only a deliberate second one, a moment later, skips the drain.
+        loop {
+            wait_for_signal().await;
+            if first.elapsed() > REPEAT_WINDOW {
+                break;
+            }
+        }
         eprintln!("exiting without draining");
         std::process::exit(130);
     });

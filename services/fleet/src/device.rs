@@ -39,6 +39,8 @@ pub struct Device {
     /// (the timestamp is part of the readings' key).
     last_ts: i64,
     connected: bool,
+    /// Issued by the provisioner, once, before the first connection.
+    credentials: Option<(String, String)>,
 }
 
 impl Device {
@@ -55,12 +57,13 @@ impl Device {
             ticks: 0,
             last_ts: 0,
             connected: false,
+            credentials: None,
         }
     }
 
     fn session_config(&self) -> SessionConfig {
         let mut config = SessionConfig::new(self.config.broker.clone(), &self.id);
-        config.credentials = self.config.credentials.clone();
+        config.credentials = self.credentials.clone().or_else(|| self.config.credentials.clone());
         config.clean_start = false;
         config.session_expiry = Some(SESSION_EXPIRY_SECS);
         config.last_will = Some(LastWill::new(self.status_topic(), "offline", QoS::AtLeastOnce, true, None));
@@ -74,6 +77,25 @@ impl Device {
 
     /// Runs the device until shutdown or until it has sent its `count` of readings.
     pub async fn run(mut self, shutdown: CancellationToken) {
+        if let Some(provisioner) = self.config.provisioner.clone() {
+            let mut pause = Duration::from_millis(500);
+            loop {
+                match provisioner.credentials(&self.id).await {
+                    Ok(credentials) => {
+                        self.credentials = Some(credentials);
+                        break;
+                    }
+                    Err(error) => {
+                        tracing::warn!(device = %self.id, error = format!("{error:#}"), "cannot provision; retrying");
+                        tokio::select! {
+                            _ = tokio::time::sleep(pause) => {}
+                            _ = shutdown.cancelled() => return,
+                        }
+                        pause = (pause * 2).min(Duration::from_secs(10));
+                    }
+                }
+            }
+        }
         loop {
             let (session, events) = Session::start(self.session_config());
             let ending = self.connected(&session, events, &shutdown).await;

@@ -14,6 +14,8 @@
 pub mod device;
 pub mod walk;
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -40,8 +42,16 @@ pub struct Misbehaviour {
     pub bad_payload_rate: f64,
 }
 
+/// Issues a device its MQTT credentials, `(username, password)`; the registry implements it.
+pub trait Provisioner: Send + Sync + 'static {
+    fn credentials<'a>(
+        &'a self,
+        device_id: &'a str,
+    ) -> Pin<Box<dyn Future<Output = anyhow::Result<(String, String)>> + Send + 'a>>;
+}
+
 /// What the fleet simulates.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Config {
     pub broker: BrokerUrl,
     pub devices: usize,
@@ -54,8 +64,25 @@ pub struct Config {
     /// Readings per device and metric before the device stops; `None` runs until shutdown.
     pub count: Option<u64>,
     pub misbehaviour: Misbehaviour,
-    /// `(username, password)` for every device, until the registry issues per-device credentials.
+    /// `(username, password)` shared by every device (e.g. the `service:fleet` account).
     pub credentials: Option<(String, String)>,
+    /// When set, each device gets its own credentials from here before it connects (and `credentials` is ignored).
+    pub provisioner: Option<Arc<dyn Provisioner>>,
+}
+
+impl std::fmt::Debug for Config {
+    // By hand: credentials never reach a log line, and the provisioner has no Debug.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("broker", &self.broker)
+            .field("devices", &self.devices)
+            .field("prefix", &self.prefix)
+            .field("interval", &self.interval)
+            .field("qos", &self.qos)
+            .field("count", &self.count)
+            .field("provisioned", &self.provisioner.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Config {
@@ -70,6 +97,7 @@ impl Config {
             count: None,
             misbehaviour: Misbehaviour::default(),
             credentials: None,
+            provisioner: None,
         }
     }
 
