@@ -93,6 +93,10 @@ pub struct SessionConfig {
     /// When true, received QoS 1/2 messages are acknowledged only by [`crate::Session::ack`].
     pub manual_acks: bool,
     pub max_unacked: usize,
+    /// The largest packet we accept, announced to the broker in CONNECT so that it drops larger
+    /// messages for us instead of sending them; `None` keeps rumqttc's own limit (10 KiB), which it
+    /// enforces by dropping the connection when a larger packet arrives.
+    pub max_packet_size: Option<u32>,
 }
 
 impl SessionConfig {
@@ -109,6 +113,7 @@ impl SessionConfig {
             subscriptions: Vec::new(),
             manual_acks: false,
             max_unacked: DEFAULT_MAX_UNACKED,
+            max_packet_size: None,
         }
     }
 }

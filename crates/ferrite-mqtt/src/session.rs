@@ -106,7 +106,6 @@ impl Session {
         let (client, eventloop) = AsyncClient::new(options(&config), config.max_unacked + 1024);
         let driver = Driver {
             client,
-            eventloop,
             events: event_tx,
             commands: command_rx,
             subscriptions: config.subscriptions.iter().map(|(path, qos)| Filter::new(path.clone(), *qos)).collect(),
@@ -117,7 +116,7 @@ impl Session {
             connected: false,
             closing: None,
         };
-        let driver = tokio::spawn(driver.run()).abort_handle();
+        let driver = tokio::spawn(driver.run(eventloop)).abort_handle();
         (Session { commands, permits, driver }, events)
     }
 
@@ -208,6 +207,9 @@ fn options(config: &SessionConfig) -> MqttOptions {
     if let Some(will) = &config.last_will {
         options.set_last_will(will.clone());
     }
+    if config.max_packet_size.is_some() {
+        options.set_max_packet_size(config.max_packet_size);
+    }
     options
 }
 
@@ -228,7 +230,6 @@ struct Closing {
 
 struct Driver {
     client: AsyncClient,
-    eventloop: EventLoop,
     events: mpsc::Sender<Event>,
     commands: mpsc::UnboundedReceiver<Command>,
     subscriptions: Vec<Filter>,
@@ -242,49 +243,68 @@ struct Driver {
 }
 
 impl Driver {
-    async fn run(mut self) {
+    /// Drives the connection. rumqttc's `poll` is not cancel-safe: dropping it half-way through a
+    /// CONNECT or a PUBLISH leaves a torn packet on the wire (measured: the broker saw "invalid protocol"
+    /// and devices lost their connection every few publishes). So one `poll` future lives until it
+    /// completes, and commands are handled beside it; only a closing session abandons it.
+    async fn run(mut self, mut eventloop: EventLoop) {
         let mut backoff = MIN_BACKOFF;
         loop {
-            if let Some(closing) = &self.closing
-                && (self.ledger.is_empty() || tokio::time::Instant::now() >= closing.deadline)
-            {
-                self.finish().await;
+            if self.closing_due() {
+                self.finish(&mut eventloop).await;
                 return;
             }
-            tokio::select! {
-                polled = self.eventloop.poll() => match polled {
-                    Ok(event) => {
-                        if let RawEvent::Incoming(Packet::ConnAck(_)) = &event {
-                            backoff = MIN_BACKOFF;
-                        }
-                        if !self.on_event(event).await {
-                            return;
-                        }
+            let polled = {
+                let mut poll = std::pin::pin!(eventloop.poll());
+                loop {
+                    tokio::select! {
+                        polled = &mut poll => break Some(polled),
+                        command = self.commands.recv() => match command {
+                            Some(command) => self.on_command(command),
+                            None => {
+                                // Every handle is gone: nobody can read events or publish any more.
+                                let _ = self.client.try_disconnect();
+                                return;
+                            }
+                        },
+                        _ = closing_deadline(self.closing.as_ref()) => {}
                     }
-                    Err(error) => {
-                        self.on_disconnect();
-                        if !self.deliver(Event::Disconnected { error: error.to_string() }).await {
-                            return;
-                        }
-                        if self.closing.is_some() {
-                            self.finish().await;
-                            return;
-                        }
-                        tokio::time::sleep(jitter(backoff)).await;
-                        backoff = (backoff * 2).min(MAX_BACKOFF);
+                    if self.closing_due() {
+                        break None;
                     }
-                },
-                command = self.commands.recv() => match command {
-                    Some(command) => self.on_command(command),
-                    None => {
-                        // Every handle is gone: nobody can read events or publish any more.
-                        let _ = self.client.try_disconnect();
+                }
+            };
+            match polled {
+                None => {}
+                Some(Ok(event)) => {
+                    if let RawEvent::Incoming(Packet::ConnAck(_)) = &event {
+                        backoff = MIN_BACKOFF;
+                    }
+                    if !self.on_event(event).await {
                         return;
                     }
-                },
-                _ = closing_deadline(self.closing.as_ref()) => {}
+                }
+                Some(Err(error)) => {
+                    self.on_disconnect(&mut eventloop);
+                    if !self.deliver(Event::Disconnected { error: error.to_string() }).await {
+                        return;
+                    }
+                    if self.closing.is_some() {
+                        self.finish(&mut eventloop).await;
+                        return;
+                    }
+                    tokio::time::sleep(jitter(backoff)).await;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
             }
         }
+    }
+
+    /// A close was asked for and nothing is left to wait for (or the wait is over).
+    fn closing_due(&self) -> bool {
+        self.closing
+            .as_ref()
+            .is_some_and(|closing| self.ledger.is_empty() || tokio::time::Instant::now() >= closing.deadline)
     }
 
     /// Handles one event from rumqttc; false when the owner has gone away.
@@ -405,7 +425,7 @@ impl Driver {
         }
     }
 
-    fn on_disconnect(&mut self) {
+    fn on_disconnect(&mut self, eventloop: &mut EventLoop) {
         self.connected = false;
         self.awaiting_pkid.clear();
         for entry in &mut self.ledger {
@@ -414,7 +434,7 @@ impl Driver {
         }
         // rumqttc keeps unacknowledged publishes to replay them itself, but drops them when the new
         // session is clean; we resend from our ledger instead, so take ours out of its queue.
-        self.eventloop.pending.retain(|request| !matches!(request, Request::Publish(p) if p.qos != QoS::AtMostOnce));
+        eventloop.pending.retain(|request| !matches!(request, Request::Publish(p) if p.qos != QoS::AtMostOnce));
     }
 
     /// Sends an event to the owner while still taking commands, so a publisher waiting for
@@ -439,14 +459,14 @@ impl Driver {
         }
     }
 
-    async fn finish(&mut self) {
+    async fn finish(&mut self, eventloop: &mut EventLoop) {
         let left = self.ledger.len();
         if self.connected {
             let _ = self.client.try_disconnect();
             // Drive the loop until the DISCONNECT is written, so the broker sees a clean goodbye.
             let _ = tokio::time::timeout(Duration::from_secs(2), async {
                 loop {
-                    match self.eventloop.poll().await {
+                    match eventloop.poll().await {
                         Ok(RawEvent::Outgoing(Outgoing::Disconnect)) | Err(_) => break,
                         Ok(_) => {}
                     }

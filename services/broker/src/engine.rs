@@ -50,8 +50,15 @@ pub(crate) struct Engine {
 }
 
 impl Engine {
-    /// Opens the persistence, registers the plugins and our hooks, and binds the listeners.
+    /// Binds the listeners, opens the persistence, and registers the plugins and our hooks.
     pub(crate) async fn bind(config: Config, data_dir: &Path) -> Result<Engine, BrokerError> {
+        // Ports first: a port already taken then fails before the storage is opened, which could not
+        // be released again in this process (see the crate docs).
+        let tcp = listener(&config, config.mqtt_addr, "ferrite/mqtt")?;
+        let mqtt_addr = local_addr(&tcp, config.mqtt_addr)?;
+        let ws = config.ws_addr.map(|addr| ws_listener(&config, addr)).transpose()?;
+        let ws_addr = ws.as_ref().map(|(_, addr)| *addr);
+
         let scx = ServerContext::new()
             // rmqtt refuses connections while the machine's load average is high; a broker on a
             // busy laptop or CI runner must not turn away clients because a compiler is running.
@@ -59,12 +66,19 @@ impl Engine {
             .plugins_config_map_add("rmqtt-retainer", retainer_config(&data_dir.join("retained"))?)
             .plugins_config_map_add("rmqtt-session-storage", session_config(&data_dir.join("sessions"))?)
             .plugins_config_map_add("rmqtt-sys-topic", format!("publish_interval = \"{SYS_INTERVAL}\"\n"))
+            // Given explicitly (it is the default) so that the plugin does not warn about a missing config.
+            .plugins_config_map_add("rmqtt-shared-subscription", "strategy = \"round_robin\"\n")
             .build()
             .await;
 
-        let storage_error = |e: rmqtt::Error| BrokerError::Storage {
-            path: data_dir.to_path_buf(),
-            reason: format!("{e:#}"),
+        let storage_error = |e: rmqtt::Error| {
+            let reason = format!("{e:#}");
+            // sled's message for a database another handle already holds.
+            if reason.contains("could not acquire lock") {
+                BrokerError::DataDirInUse { path: data_dir.to_path_buf() }
+            } else {
+                BrokerError::Storage { path: data_dir.to_path_buf(), reason }
+            }
         };
         rmqtt_retainer::register(&scx, true, false).await.map_err(storage_error)?;
         rmqtt_session_storage::register(&scx, true, false).await.map_err(storage_error)?;
@@ -77,22 +91,41 @@ impl Engine {
             .map_err(|e| BrokerError::Startup(format!("$SYS topics: {e:#}")))?;
         crate::hooks::install(&scx, Arc::clone(&config.authorizer)).await;
 
-        let tcp = listener(&config, config.mqtt_addr, "ferrite/mqtt")?;
-        let mqtt_addr = local_addr(&tcp, config.mqtt_addr)?;
         let mut server = MqttServer::new(scx.clone()).listener_by_id(tcp, TCP_LISTENER_ID);
-        let mut ws_addr = None;
-        if let Some(addr) = config.ws_addr {
-            let ws = listener(&config, addr, "ferrite/ws")?
-                .ws()
-                .map_err(|e| BrokerError::Startup(format!("websocket listener: {e:#}")))?;
-            ws_addr = Some(local_addr(&ws, addr)?);
+        if let Some((ws, _)) = ws {
             server = server.listener_by_id(ws, WS_LISTENER_ID);
         }
         Ok(Engine { scx, server: server.build(), mqtt_addr, ws_addr })
     }
 }
 
+/// Binds a listener; a request for port 0 is resolved to a concrete free port first.
+///
+/// rmqtt keys per-listener state by the *configured* port (its handshake executors and session ids use
+/// `cfg.laddr`), so two listeners configured with port 0 share that state: measured, fleet devices on the
+/// TCP port then lost two thirds of their messages. Giving rmqtt the real port avoids it; the port is
+/// found by binding and releasing it, and taken again at once (a lost race is retried).
 fn listener(config: &Config, addr: SocketAddr, name: &str) -> Result<Listener, BrokerError> {
+    if addr.port() != 0 {
+        return bind_listener(config, addr, name);
+    }
+    let mut last = None;
+    for _ in 0..PORT_ATTEMPTS {
+        let free = std::net::TcpListener::bind(addr)
+            .and_then(|probe| probe.local_addr())
+            .map_err(|e| BrokerError::Bind { addr, source: e })?;
+        match bind_listener(config, free, name) {
+            Ok(listener) => return Ok(listener),
+            Err(error) => last = Some(error),
+        }
+    }
+    Err(last.expect("PORT_ATTEMPTS is above zero, so at least one attempt failed"))
+}
+
+/// How many free ports to try when another process takes the one we found before we bind it again.
+const PORT_ATTEMPTS: usize = 8;
+
+fn bind_listener(config: &Config, addr: SocketAddr, name: &str) -> Result<Listener, BrokerError> {
     Builder::new()
         .name(name)
         .laddr(addr)
@@ -112,6 +145,14 @@ fn listener(config: &Config, addr: SocketAddr, name: &str) -> Result<Listener, B
         .map_err(|e| bind_error(addr, e))?
         .tcp()
         .map_err(|e| bind_error(addr, e))
+}
+
+fn ws_listener(config: &Config, addr: SocketAddr) -> Result<(Listener, SocketAddr), BrokerError> {
+    let ws = listener(config, addr, "ferrite/ws")?
+        .ws()
+        .map_err(|e| BrokerError::Startup(format!("websocket listener: {e:#}")))?;
+    let bound = local_addr(&ws, addr)?;
+    Ok((ws, bound))
 }
 
 fn local_addr(listener: &Listener, requested: SocketAddr) -> Result<SocketAddr, BrokerError> {

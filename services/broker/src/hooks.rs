@@ -16,7 +16,7 @@ use rmqtt::context::ServerContext;
 use rmqtt::hook::{Handler, HookResult, Parameter, ReturnType, Type};
 use rmqtt::session::Session;
 use rmqtt::types::{
-    AuthResult, ConnectInfo, Id, LastWill, PublishAclResult, Subscribe, SubscribeAclResult, TopicName,
+    AuthResult, ConnectInfo, Id, LastWill, Message, PublishAclResult, Reason, Subscribe, SubscribeAclResult, TopicName,
 };
 
 use crate::auth::{AuthDecision, Authorizer, DenyReason, Identity};
@@ -29,25 +29,22 @@ const IDENTITY_ATTR: &str = "ferrite.identity";
 /// its entry is dropped once it is this old, so failed handshakes cannot pile up.
 const PENDING_TTL: Duration = Duration::from_secs(120);
 
-/// How long an authenticated client waits for an earlier handshake with the same client id to finish.
-/// rmqtt refuses a second concurrent handshake for one client id with "server unavailable"
-/// instead of waiting; waiting here, just before rmqtt takes its lock, turns that refusal into a short delay.
-const SAME_CLIENT_WAIT: Duration = Duration::from_secs(5);
+/// How long a connecting client waits for an earlier connection with the same client id to get out of the way.
+///
+/// rmqtt answers "server unavailable" instead of waiting in two cases, both measured with a client that
+/// disconnects and at once reconnects under the same id: another handshake for that id still holds
+/// rmqtt's per-id lock, or rmqtt's takeover "kick" went to a clean session whose connection was ending
+/// anyway (the kick is queued to a loop that exits without reading it, and the new client is refused).
+/// Waiting here, just before rmqtt takes the lock and kicks, turns both into a delay of milliseconds.
+const SAME_CLIENT_WAIT: Duration = Duration::from_secs(1);
 
 /// Registers the authorizer on the hooks that need it.
 pub(crate) async fn install(scx: &ServerContext, authorizer: Arc<dyn Authorizer>) {
-    let handler = AuthHandler {
-        scx: scx.clone(),
-        authorizer,
-        pending: Arc::new(Mutex::new(HashMap::new())),
-    };
+    let handler = AuthHandler { scx: scx.clone(), authorizer, pending: Arc::new(Mutex::new(HashMap::new())) };
     let register = scx.extends.hook_mgr().register();
-    for typ in [
-        Type::ClientAuthenticate,
-        Type::ClientConnected,
-        Type::ClientSubscribeCheckAcl,
-        Type::MessagePublishCheckAcl,
-    ] {
+    for typ in
+        [Type::ClientAuthenticate, Type::ClientConnected, Type::ClientSubscribeCheckAcl, Type::MessagePublishCheckAcl]
+    {
         register.add(typ, Box::new(handler.clone())).await;
     }
     register.start().await;
@@ -147,17 +144,36 @@ impl AuthHandler {
         AuthResult::Allow(false, None)
     }
 
-    /// Waits until no other handshake holds rmqtt's per-client-id lock, bounded by [`SAME_CLIENT_WAIT`].
+    /// Waits, bounded by [`SAME_CLIENT_WAIT`], until no clean session of the same client id is left
+    /// and no other handshake holds rmqtt's per-client-id lock.
+    ///
+    /// A clean session of the same id is closed here instead of being left to rmqtt's kick: it ends
+    /// whether or not its loop is still reading, and is gone before rmqtt looks. A persistent session
+    /// is left to the kick, which its offline loop answers even when the online loop has ended.
     async fn wait_for_same_client(&self, id: &Id) {
         let deadline = Instant::now() + SAME_CLIENT_WAIT;
-        loop {
+        let mut closed_previous = false;
+        while Instant::now() < deadline {
             let entry = self.scx.extends.shared().await.entry(id.clone());
-            // Taking and at once dropping the lock only proves it is free now; rmqtt takes it right
-            // after this hook returns, which leaves a window of microseconds instead of a whole handshake.
-            if entry.try_lock().await.is_ok() || Instant::now() >= deadline {
+            let clean_previous = match entry.session() {
+                Some(previous) => will_be_removed(&previous).await,
+                None => false,
+            };
+            if clean_previous {
+                if !closed_previous {
+                    if let Some(tx) = entry.tx() {
+                        // rmqtt maps this reason to the v5 DISCONNECT code 0x8E "Session taken over",
+                        // which the spec asks the old connection to get.
+                        let _ = tx.unbounded_send(Message::Closed(Reason::SessionExpiration));
+                    }
+                    closed_previous = true;
+                }
+            } else if entry.try_lock().await.is_ok() {
+                // Taking and at once dropping the lock only proves it is free now; rmqtt takes it right
+                // after this hook returns, which leaves a window of microseconds instead of a whole handshake.
                 return;
             }
-            tokio::time::sleep(Duration::from_millis(5)).await;
+            tokio::time::sleep(Duration::from_millis(2)).await;
         }
     }
 
@@ -174,13 +190,26 @@ impl AuthHandler {
             pending.remove(&session.id)
         };
         if let Some((identity, _)) = identity {
-            session.extra_attrs.write().await.insert(TopicName::from_static(IDENTITY_ATTR), identity);
+            // Behind an Arc, so that the check of every publish clones a pointer, not two strings.
+            session.extra_attrs.write().await.insert(TopicName::from_static(IDENTITY_ATTR), Arc::new(identity));
         }
     }
 }
 
-async fn identity_of(session: &Session) -> Option<Identity> {
-    session.extra_attrs.read().await.get::<Identity>(IDENTITY_ATTR).cloned()
+/// Whether rmqtt removes this session when its connection ends, as it decides in `SessionState::run`:
+/// v3.1.1 by the clean session flag, v5 by a session expiry interval of zero.
+async fn will_be_removed(session: &Session) -> bool {
+    match session.connect_info().await {
+        Ok(connect_info) => match connect_info.as_ref() {
+            ConnectInfo::V3(_, connect) => connect.clean_session,
+            ConnectInfo::V5(..) => session.fitter.session_expiry_interval(None).is_zero(),
+        },
+        Err(_) => true,
+    }
+}
+
+async fn identity_of(session: &Session) -> Option<Arc<Identity>> {
+    session.extra_attrs.read().await.get::<Arc<Identity>>(IDENTITY_ATTR).cloned()
 }
 
 /// A session without an identity should not exist (every connection passes `ClientAuthenticate`);

@@ -13,10 +13,17 @@
 //! - `logging`: rmqtt's `log` records into `tracing`, quietly.
 //!
 //! # Limits measured in rmqtt 0.24
-//! - A stopped broker's database stays locked until the process exits: rmqtt-storage keeps each sled
-//!   database open from a thread that never ends. A broker restarted in the same process must use
-//!   another `data_dir`; restarting on the same one needs a new process ([`BrokerError::Storage`] otherwise).
-//! - A socket that never sends CONNECT is held until TCP keepalive notices a dead peer; see [`Config::connect_timeout`].
+//! - A stopped broker's data directory stays locked until the process exits: rmqtt-storage keeps each
+//!   sled database open from a thread that never ends (and leaves that thread, sled's flusher and a
+//!   parked blocking thread behind, per database). In one process a broker can be started again on
+//!   another `data_dir`; on the same one only in a new process ([`BrokerError::DataDirInUse`] otherwise).
+//! - A connection that sends nothing, or fewer than 9 bytes of its CONNECT, over TCP or after a WebSocket
+//!   upgrade, is held until TCP keepalive finds the peer gone: rmqtt reads the protocol version without
+//!   a deadline, and nothing of ours runs before that. It costs a socket and a task, never another
+//!   client's time. Only a proxy copying every byte could cut it off (measured: about 40 % less QoS 1
+//!   throughput), so [`Config::connect_timeout`] covers the rest of the handshake only.
+//! - A QoS 1/2 publish is acknowledged before sled writes it to disk (sled flushes every 500 ms), so a
+//!   crash, unlike [`Broker::run`]'s orderly stop, can lose the last half second of retained values and queued messages.
 
 #![forbid(unsafe_code)]
 
@@ -54,14 +61,13 @@ const RUNTIME_SHUTDOWN_GRACE: Duration = Duration::from_millis(300);
 pub struct Config {
     /// MQTT 3.1.1 and 5 on one port.
     pub mqtt_addr: SocketAddr,
-    /// MQTT over WebSocket (clients use the path `/mqtt`), both versions; `None` turns it off.
+    /// MQTT over WebSocket, both versions; `None` turns it off.
+    /// Clients use the path `/mqtt` (rmqtt accepts any path) and must offer the `mqtt` subprotocol, as MQTT clients do.
     pub ws_addr: Option<SocketAddr>,
     /// Where retained messages and persistent sessions are kept; they survive a restart.
     pub data_dir: PathBuf,
-    /// A WebSocket upgrade, and a CONNECT once the protocol has been recognised, must arrive within this.
-    ///
-    /// rmqtt reads the first bytes of a connection without any deadline, so a socket that stays
-    /// completely silent is only closed when TCP keepalive finds its peer gone. It never delays other clients.
+    /// A WebSocket upgrade, and a CONNECT once its first bytes arrived, must complete within this,
+    /// or the connection is closed. A connection that stays silent is not covered (see the crate docs).
     pub connect_timeout: Duration,
     /// Decides who may connect, publish and subscribe.
     pub authorizer: Arc<dyn Authorizer>,
@@ -97,10 +103,12 @@ pub enum BrokerError {
     InvalidConfig { reason: String },
     #[error("cannot create broker data directory {path}: {source}")]
     DataDir { path: PathBuf, source: std::io::Error },
-    /// The storage could not be opened; "lock" in the reason means another broker
-    /// (possibly a stopped one in this process) still holds the data directory.
     #[error("cannot open broker storage in {path}: {reason}")]
     Storage { path: PathBuf, reason: String },
+    /// Another broker holds the directory: a running one, or one stopped earlier in this same process
+    /// (rmqtt-storage keeps its databases open until the process exits).
+    #[error("broker data directory {path} is in use by another broker, possibly a stopped one in this process")]
+    DataDirInUse { path: PathBuf },
     #[error("cannot listen on {addr}: {source}")]
     Bind { addr: SocketAddr, source: std::io::Error },
     #[error("cannot start the broker runtime: {0}")]
@@ -113,12 +121,41 @@ pub enum BrokerError {
 
 /// A bound broker: its ports are open (connections wait in the backlog) and it serves once [`Broker::run`] is called.
 pub struct Broker {
-    /// rmqtt and its plugins spawn tasks that loop forever; on their own runtime, shutting that
-    /// runtime down ends them and frees their sockets, whatever runtime the caller uses.
-    runtime: Option<Runtime>,
-    engine: Option<engine::Engine>,
-    mqtt_addr: SocketAddr,
-    ws_addr: Option<SocketAddr>,
+    runtime: OwnedRuntime,
+    engine: engine::Engine,
+}
+
+/// The broker's own Tokio runtime.
+///
+/// rmqtt and its plugins spawn tasks that loop forever; on a runtime of their own, shutting that
+/// runtime down ends them and closes their sockets, whatever runtime the caller uses.
+/// rmqtt-storage also parks a blocking task per database for good, so an ordinary drop of the
+/// runtime would wait forever: dropping this wrapper shuts the runtime down in the background instead.
+struct OwnedRuntime(Option<Runtime>);
+
+impl OwnedRuntime {
+    fn handle(&self) -> &tokio::runtime::Handle {
+        // The runtime is only taken out by `shut_down`, which consumes the wrapper.
+        self.0.as_ref().map(Runtime::handle).expect("the runtime is present until shut down")
+    }
+
+    /// Gives the runtime's tasks a short grace to end, on a blocking thread of the caller's runtime.
+    async fn shut_down(mut self) {
+        if let Some(runtime) = self.0.take() {
+            let stopped = tokio::task::spawn_blocking(move || runtime.shutdown_timeout(RUNTIME_SHUTDOWN_GRACE)).await;
+            if let Err(join) = stopped {
+                tracing::warn!(cause = %join, "broker runtime shutdown failed");
+            }
+        }
+    }
+}
+
+impl Drop for OwnedRuntime {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
+    }
 }
 
 impl Broker {
@@ -138,48 +175,30 @@ impl Broker {
             .thread_name("ferrite-broker")
             .build()
             .map_err(BrokerError::Runtime)?;
-        let bound = runtime.spawn(async move { engine::Engine::bind(config, &data_dir).await }).await;
-        let engine = match bound {
-            Ok(Ok(engine)) => engine,
-            Ok(Err(e)) => {
-                // Not awaited: nothing was served, and a runtime cannot be dropped in async code.
-                runtime.shutdown_background();
-                return Err(e);
-            }
-            Err(join) => {
-                runtime.shutdown_background();
-                return Err(BrokerError::Startup(format!("setup task failed: {join}")));
-            }
-        };
+        let runtime = OwnedRuntime(Some(runtime));
+        let bound = runtime.handle().spawn(async move { engine::Engine::bind(config, &data_dir).await }).await;
+        // On failure the runtime is dropped, which shuts it down without waiting.
+        let engine = bound.map_err(|join| BrokerError::Startup(format!("setup task failed: {join}")))??;
         tracing::info!(mqtt = %engine.mqtt_addr, ws = ?engine.ws_addr, "mqtt broker bound");
-        Ok(Broker {
-            mqtt_addr: engine.mqtt_addr,
-            ws_addr: engine.ws_addr,
-            runtime: Some(runtime),
-            engine: Some(engine),
-        })
+        Ok(Broker { runtime, engine })
     }
 
     /// The address of the MQTT listener (TCP).
     pub fn mqtt_addr(&self) -> SocketAddr {
-        self.mqtt_addr
+        self.engine.mqtt_addr
     }
 
     /// The address of the MQTT-over-WebSocket listener, if enabled.
     pub fn ws_addr(&self) -> Option<SocketAddr> {
-        self.ws_addr
+        self.engine.ws_addr
     }
 
     /// Serves until `shutdown` is cancelled, then stops listening, takes every client offline
     /// (persistent sessions kept, Last Wills published), lets persistence reach the disk, and returns.
     /// The ports are free when it returns.
-    pub async fn run(mut self, shutdown: CancellationToken) -> Result<(), BrokerError> {
-        let (Some(runtime), Some(engine)) = (self.runtime.take(), self.engine.take()) else {
-            // Both are only taken here, and `run` consumes the broker.
-            return Err(BrokerError::Stopped("broker was already run".into()));
-        };
-        let engine::Engine { scx, server, .. } = engine;
-        let mut serving = runtime.spawn(server.run());
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), BrokerError> {
+        let Broker { runtime, engine: engine::Engine { scx, server, .. } } = self;
+        let mut serving = runtime.handle().spawn(server.run());
         let outcome = tokio::select! {
             () = shutdown.cancelled() => Ok(()),
             ended = &mut serving => Err(BrokerError::Stopped(match ended {
@@ -192,25 +211,12 @@ impl Broker {
         // Dropping the server future drops its listeners, which frees the ports at once.
         serving.abort();
         let _ = (&mut serving).await;
-        let closing = runtime.spawn(async move { engine::close_connections(&scx).await });
+        let closing = runtime.handle().spawn(async move { engine::close_connections(&scx).await });
         if let Err(join) = closing.await {
             tracing::warn!(cause = %join, "closing connections failed");
         }
-        // Shutting down blocks, so it happens on a blocking thread of the caller's runtime.
-        let stopped = tokio::task::spawn_blocking(move || runtime.shutdown_timeout(RUNTIME_SHUTDOWN_GRACE)).await;
-        if let Err(join) = stopped {
-            tracing::warn!(cause = %join, "broker runtime shutdown failed");
-        }
+        runtime.shut_down().await;
         tracing::info!("mqtt broker stopped");
         outcome
-    }
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        // A broker dropped without `run` still has a runtime; it must not block here.
-        if let Some(runtime) = self.runtime.take() {
-            runtime.shutdown_background();
-        }
     }
 }

@@ -73,3 +73,26 @@ impl log::Log for QuietBridge {
 
     fn flush(&self) {}
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn muted(bridge: &QuietBridge, target: &str, level: log::Level) -> bool {
+        bridge.muted(&log::MetadataBuilder::new().target(target).level(level).build())
+    }
+
+    #[test]
+    fn rmqtt_and_sled_are_cut_to_warnings_and_other_crates_pass() {
+        let quiet = QuietBridge { inner: LogTracer::new(), verbose: false };
+        assert!(muted(&quiet, "rmqtt::session", log::Level::Info));
+        assert!(muted(&quiet, "rmqtt_retainer::storage", log::Level::Debug));
+        assert!(muted(&quiet, "sled::pagecache", log::Level::Info));
+        assert!(!muted(&quiet, "rmqtt::session", log::Level::Warn));
+        assert!(!muted(&quiet, "rmqtt::plugin", log::Level::Error));
+        assert!(!muted(&quiet, "rumqttc::state", log::Level::Debug));
+
+        let verbose = QuietBridge { inner: LogTracer::new(), verbose: true };
+        assert!(!muted(&verbose, "rmqtt::session", log::Level::Debug));
+    }
+}

@@ -157,9 +157,7 @@ impl Device {
                         let _ = session.publish(self.status_topic(), QoS::AtLeastOnce, true, "online", None).await;
                     }
                     Some(Event::Disconnected { error }) => {
-                        if self.connected {
-                            tracing::debug!(device = %self.id, %error, "device lost its connection");
-                        }
+                        tracing::debug!(device = %self.id, %error, was_connected = self.connected, "device connection failed");
                         self.set_connected(false);
                     }
                     Some(Event::Message(message)) => {

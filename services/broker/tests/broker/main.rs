@@ -1,8 +1,13 @@
 //! Integration tests of the embedded broker, driven by third-party clients (Paho, mosquitto) and rumqttc.
 //!
-//! One test binary on purpose: every binary links rmqtt again, and the restart test re-runs this
-//! binary as the broker's child process.
+//! One test binary on purpose: every binary links rmqtt again, and the restart test runs this
+//! binary again as the broker's child process.
 
+mod authorizer;
+mod lifecycle;
 mod messaging;
+mod restart;
+mod robustness;
+mod sessions;
 mod support;
-mod experiment;
+mod websocket;

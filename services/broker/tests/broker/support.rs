@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use ferrite_broker::{AllowAll, Authorizer, Broker, Config};
 use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
-use tokio::process::{Child, ChildStdin, ChildStdout, Command};
+use tokio::io::{AsyncBufReadExt, BufReader, Lines};
+use tokio::process::{Child, ChildStdout, Command};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -32,6 +32,7 @@ impl TestBroker {
     }
 
     pub async fn start_with(authorizer: Arc<dyn Authorizer>, adjust: impl FnOnce(&mut Config)) -> TestBroker {
+        init_test_log();
         let data_dir = tempfile::tempdir().expect("a temporary directory can be created");
         let mut config = test_config(data_dir.path());
         config.authorizer = authorizer;
@@ -44,16 +45,20 @@ impl TestBroker {
         TestBroker { mqtt, ws, shutdown, serving, data_dir }
     }
 
-    pub fn data_dir(&self) -> &Path {
-        self.data_dir.path()
-    }
-
     /// Stops the broker and checks that it stopped cleanly.
     pub async fn stop(self) -> tempfile::TempDir {
         self.shutdown.cancel();
         let stopped = tokio::time::timeout(HANG_GUARD, self.serving).await.expect("the broker stops");
         stopped.expect("the broker task did not panic").expect("the broker stops without error");
         self.data_dir
+    }
+}
+
+/// Tests are quiet unless `TEST_LOG` holds a filter, e.g. `TEST_LOG=ferrite_broker=debug,rmqtt=info`.
+pub fn init_test_log() {
+    if let Ok(filter) = std::env::var("TEST_LOG") {
+        // Several tests may try; the first one wins.
+        let _ = tracing_subscriber::fmt().with_env_filter(filter.as_str()).with_test_writer().try_init();
     }
 }
 
@@ -73,7 +78,7 @@ fn clients_dir() -> PathBuf {
 
 /// Fails the test with an install hint when a required client program is missing.
 fn missing(program: &str, hint: &str) -> ! {
-    panic!("{program} not found: {hint}")
+    panic!("{program} not installed: {hint}")
 }
 
 /// One run of the Paho client script, configured like a command line.
@@ -135,6 +140,10 @@ impl Paho {
         self.arg("--user-prop").arg(format!("{key}={value}"))
     }
 
+    pub fn message_expiry(self, seconds: u32) -> Paho {
+        self.arg("--message-expiry").arg(seconds.to_string())
+    }
+
     pub fn expect(self, messages: usize) -> Paho {
         self.arg("--expect").arg(messages.to_string())
     }
@@ -147,11 +156,6 @@ impl Paho {
     /// After receiving what it expects, close the socket without DISCONNECT.
     pub fn drop_connection(self) -> Paho {
         self.arg("--drop")
-    }
-
-    /// Wait for a line on stdin after subscribing, before publishing.
-    pub fn wait_stdin(self) -> Paho {
-        self.arg("--wait-stdin")
     }
 
     /// Runs the script to its end and returns what it reported.
@@ -175,7 +179,7 @@ impl Paho {
         command
             .arg(clients_dir().join("paho_client.py"))
             .args(&self.args)
-            .stdin(Stdio::piped())
+            .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .kill_on_drop(true);
@@ -187,15 +191,13 @@ impl Paho {
             Err(e) => panic!("cannot start the paho client: {e}"),
         };
         let stdout = child.stdout.take().expect("stdout is piped");
-        let stdin = child.stdin.take();
-        PahoProcess { child, stdin, lines: BufReader::new(stdout).lines() }
+        PahoProcess { child, lines: BufReader::new(stdout).lines() }
     }
 }
 
 /// A running Paho client.
 pub struct PahoProcess {
     child: Child,
-    stdin: Option<ChildStdin>,
     lines: Lines<BufReader<ChildStdout>>,
 }
 
@@ -207,7 +209,14 @@ impl PahoProcess {
             .expect("the paho client reports within the hang guard")
             .expect("the paho client's output can be read");
         let Some(line) = line else {
-            self.fail_if_paho_missing().await;
+            let status = tokio::time::timeout(HANG_GUARD, self.child.wait())
+                .await
+                .expect("the paho client exits after closing its output")
+                .expect("the paho client can be waited for");
+            // The script exits with 2 when it cannot import paho.
+            if status.code() == Some(2) {
+                missing("paho-mqtt", "pip install paho-mqtt");
+            }
             return None;
         };
         Some(serde_json::from_str(&line).unwrap_or_else(|e| panic!("paho client printed {line:?}: {e}")))
@@ -224,24 +233,9 @@ impl PahoProcess {
         panic!("paho client ended before reporting {name:?}")
     }
 
-    /// Lets a client started with [`Paho::wait_stdin`] go on.
-    pub async fn proceed(&mut self) {
-        let stdin = self.stdin.as_mut().expect("stdin is piped and still open");
-        stdin.write_all(b"go\n").await.expect("the paho client reads stdin");
-        stdin.flush().await.expect("the paho client reads stdin");
-    }
-
     /// Kills the process, so its connection ends without DISCONNECT.
     pub async fn kill(&mut self) {
         self.child.kill().await.expect("the paho client can be killed");
-    }
-
-    async fn fail_if_paho_missing(&mut self) {
-        if let Ok(Some(status)) = self.child.try_wait()
-            && status.code() == Some(2)
-        {
-            missing("paho-mqtt", "pip install paho-mqtt");
-        }
     }
 }
 
@@ -305,9 +299,7 @@ async fn mosquitto(program: &str, addr: SocketAddr, args: &[&str]) -> std::proce
     };
     match output {
         Ok(output) => output,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            missing(program, "apt-get install mosquitto-clients")
-        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => missing(program, "apt-get install mosquitto-clients"),
         Err(e) => panic!("cannot run {program}: {e}"),
     }
 }

@@ -7,8 +7,7 @@ client saw. Exit status 0 means the script ran to the end (a refused CONNACK is 
 not an error); 2 means paho-mqtt is missing; anything else is a failure.
 
 Steps, in order: connect (and wait for CONNACK), subscribe (wait for SUBACK), print
-{"event": "ready"}, optionally wait for a line on stdin (--wait-stdin), publish (wait for
-each acknowledgement), wait for --expect messages, then disconnect cleanly, or with --hold
+{"event": "ready"}, publish (wait for each acknowledgement), wait for --expect messages, then disconnect cleanly, or with --hold
 stay connected until killed, or with --drop close the socket without DISCONNECT.
 """
 
@@ -27,8 +26,15 @@ except ImportError:
     sys.exit(2)
 
 
+# Paho's network thread and the main thread both report; one line must never interleave with another.
+EMIT_LOCK = threading.Lock()
+
+
 def emit(**event):
-    print(json.dumps(event), flush=True)
+    line = json.dumps(event) + "\n"
+    with EMIT_LOCK:
+        sys.stdout.write(line)
+        sys.stdout.flush()
 
 
 def reason_value(rc):
@@ -52,9 +58,9 @@ def main():
     parser.add_argument("--sub", action="append", default=[], help="filter:qos")
     parser.add_argument("--pub", action="append", default=[], help="topic:qos:retain(0|1):payload")
     parser.add_argument("--user-prop", action="append", default=[], help="key=value, added to every publish")
+    parser.add_argument("--message-expiry", type=int, help="Message Expiry Interval of every publish (v5)")
     parser.add_argument("--expect", type=int, default=0)
     parser.add_argument("--timeout", type=float, default=15.0)
-    parser.add_argument("--wait-stdin", action="store_true")
     ending = parser.add_mutually_exclusive_group()
     ending.add_argument("--hold", action="store_true")
     ending.add_argument("--drop", action="store_true")
@@ -97,6 +103,9 @@ def main():
         props = {}
         if msg.properties is not None and hasattr(msg.properties, "UserProperty"):
             props = {key: value for key, value in msg.properties.UserProperty}
+        expiry = None
+        if msg.properties is not None and hasattr(msg.properties, "MessageExpiryInterval"):
+            expiry = msg.properties.MessageExpiryInterval
         emit(
             event="message",
             topic=msg.topic,
@@ -104,6 +113,7 @@ def main():
             qos=msg.qos,
             retain=bool(msg.retain),
             user_properties=props,
+            message_expiry=expiry,
         )
         with lock:
             state["messages"] += 1
@@ -165,15 +175,16 @@ def main():
         emit(event="suback", reasons=state["suback"])
 
     emit(event="ready")
-    if args.wait_stdin:
-        sys.stdin.readline()
 
     for spec in args.pub:
         topic, qos, retain, payload = spec.split(":", 3)
         properties = None
-        if v5 and args.user_prop:
+        if v5 and (args.user_prop or args.message_expiry is not None):
             properties = Properties(PacketTypes.PUBLISH)
-            properties.UserProperty = [tuple(prop.split("=", 1)) for prop in args.user_prop]
+            if args.user_prop:
+                properties.UserProperty = [tuple(prop.split("=", 1)) for prop in args.user_prop]
+            if args.message_expiry is not None:
+                properties.MessageExpiryInterval = args.message_expiry
         info = client.publish(topic, payload, qos=int(qos), retain=retain == "1", properties=properties)
         info.wait_for_publish(args.timeout)
         emit(event="published", topic=topic, acknowledged=info.is_published())
