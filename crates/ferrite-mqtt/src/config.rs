@@ -97,6 +97,9 @@ pub struct SessionConfig {
     /// messages for us instead of sending them; `None` keeps rumqttc's own limit (10 KiB), which it
     /// enforces by dropping the connection when a larger packet arrives.
     pub max_packet_size: Option<u32>,
+    /// MQTT 5 Receive Maximum: how many QoS 1/2 messages the broker may have in flight to us.
+    /// A consumer that acknowledges in batches needs at least its batch size.
+    pub receive_maximum: Option<u16>,
 }
 
 impl SessionConfig {
@@ -114,6 +117,7 @@ impl SessionConfig {
             manual_acks: false,
             max_unacked: DEFAULT_MAX_UNACKED,
             max_packet_size: None,
+            receive_maximum: None,
         }
     }
 }

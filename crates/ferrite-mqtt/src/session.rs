@@ -200,6 +200,7 @@ fn options(config: &SessionConfig) -> MqttOptions {
         .set_clean_start(config.clean_start)
         .set_manual_acks(config.manual_acks)
         .set_session_expiry_interval(config.session_expiry)
+        .set_receive_maximum(config.receive_maximum)
         .set_connection_timeout(5);
     if let Some((user, password)) = &config.credentials {
         options.set_credentials(user, password);

@@ -6,6 +6,7 @@
 //!   or on a private cluster that this test process starts once and that dies with it.
 //! - `logging.rs`: [`init_test_tracing`], which prints logs only when `TEST_LOG` is set.
 //! - `broker.rs`: [`TestBroker`], the embedded broker on loopback port 0 with its own data directory.
+//! - `mosquitto.rs`: [`TestMosquitto`], a real Mosquitto on a free port, to prove the services are broker-agnostic.
 //! - `wait.rs`: [`wait_for`], polling for an outcome with a generous deadline instead of asserting timings.
 //!
 //! Test helpers return `anyhow::Result`, so a failing fixture says what it was doing.
@@ -13,9 +14,11 @@
 mod broker;
 mod db;
 mod logging;
+mod mosquitto;
 mod wait;
 
 pub use broker::TestBroker;
 pub use db::TestDb;
 pub use logging::init_test_tracing;
+pub use mosquitto::TestMosquitto;
 pub use wait::{WAIT_DEADLINE, wait_for};

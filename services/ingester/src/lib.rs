@@ -118,6 +118,8 @@ impl Ingester {
         session_config.clean_start = false;
         session_config.session_expiry = Some(SESSION_EXPIRY_SECS);
         session_config.manual_acks = true;
+        // Acks wait for the batch's commit, so the broker must be allowed a whole batch in flight.
+        session_config.receive_maximum = Some(u16::try_from(config.batch_size).unwrap_or(u16::MAX).max(1));
         session_config.subscriptions = config.filters().into_iter().map(|filter| (filter, config.qos)).collect();
         let (session, mut events) = Session::start(session_config);
         tracing::info!(broker = %config.broker, client_id = %config.client_id, filters = ?config.filters(), "ingester starting");

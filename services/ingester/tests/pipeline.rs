@@ -8,7 +8,7 @@ use anyhow::Context;
 use ferrite_fleet::Fleet;
 use ferrite_ingester::{Ingester, Stats};
 use ferrite_mqtt::{BrokerUrl, Event, QoS, Session, SessionConfig};
-use ferrite_testkit::{TestBroker, TestDb, wait_for};
+use ferrite_testkit::{TestBroker, TestDb, TestMosquitto, wait_for};
 use tokio_util::sync::CancellationToken;
 
 /// Starts an ingester with the given client id; returns its stats, stop token and task.
@@ -84,11 +84,18 @@ async fn fleet_readings_land_in_postgres_counted_exactly() -> anyhow::Result<()>
     Ok(())
 }
 
+/// Killed mid-stream and restarted, the ingester stores every QoS 1 reading exactly once.
+///
+/// This runs against Mosquitto: the embedded broker (rmqtt 0.24) loses some of the messages that were
+/// in flight to the killed session when the new connection takes it over (measured 5 to 39 of 3,000
+/// over six runs, with and without a shared subscription), while Mosquitto loses none. The ingester's
+/// guarantee (ack after commit, idempotent key) is what this test proves; the broker's defect is
+/// recorded in ARCHITECTURE.md until it is fixed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_ingester_loses_and_doubles_nothing() -> anyhow::Result<()> {
     ferrite_testkit::init_test_tracing();
     let db = TestDb::new().await?;
-    let broker = TestBroker::start().await?;
+    let broker = TestMosquitto::start()?;
     let (first_stats, _first_stop, first_task) = spawn_ingester(&broker.url(), &db, "ingester-restart").await?;
 
     // 10 devices x 100 ticks x 3 metrics = 3,000 QoS 1 readings over about a second.
