@@ -253,13 +253,11 @@ mod tests {
         Utc.with_ymd_and_hms(2026, 11, 25, 12, 0, 0).single().expect("valid date")
     }
 
+    /// `(metric, value, ts millis, unit)` of one expected reading.
+    type Expected<'a> = (&'a str, f64, i64, Option<&'a str>);
+
     /// Parses `payload` on `topic` and compares `(metric, value, ts millis, unit)` or the error text.
-    fn check(
-        topic: &str,
-        payload: &[u8],
-        content_type: Option<&str>,
-        expected: Result<Vec<(&str, f64, i64, Option<&str>)>, &str>,
-    ) {
+    fn check(topic: &str, payload: &[u8], content_type: Option<&str>, expected: Result<Vec<Expected<'_>>, &str>) {
         let got = parse_readings(&Topic::parse(topic), payload, content_type, now());
         match (got, expected) {
             (Ok(readings), Ok(expected)) => {

@@ -29,6 +29,8 @@ pub enum Command {
     Ingester(IngesterArgs),
     /// Run simulated devices against any MQTT broker.
     Fleet(FleetArgs),
+    /// Run the live gateway alone: dashboard at /, WebSocket /dashboard, /metrics.
+    Gateway(GatewayArgs),
     /// Run the device registry alone: gRPC and REST APIs (needs DATABASE_URL).
     Registry(RegistryArgs),
     /// Manage devices and their MQTT credentials through the registry's gRPC API.
@@ -62,6 +64,15 @@ impl ApiArgs {
             require_token: false,
         }
     }
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct GatewayArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// Dashboard page /, live WebSocket /dashboard, /healthz and /metrics.
+    #[arg(long, env = "FERRITE_HTTP_ADDR", default_value = "127.0.0.1:8080")]
+    pub http_addr: SocketAddr,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -272,7 +283,7 @@ pub struct UpArgs {
     pub data: DataArgs,
     #[command(flatten)]
     pub ingest: IngestArgs,
-    /// HTTP: Prometheus /metrics and /healthz for the whole process.
+    /// Gateway: dashboard page /, live WebSocket /dashboard, /healthz and /metrics for the whole process.
     #[arg(long, env = "FERRITE_HTTP_ADDR", default_value = "127.0.0.1:8080")]
     pub http_addr: SocketAddr,
     #[command(flatten)]
@@ -326,7 +337,11 @@ impl Cli {
                 );
                 Ok(())
             }
-            Command::Registry(_) | Command::Device(_) | Command::Token(_) | Command::Migrate(_) => Ok(()),
+            Command::Gateway(_)
+            | Command::Registry(_)
+            | Command::Device(_)
+            | Command::Token(_)
+            | Command::Migrate(_) => Ok(()),
         }
     }
 }

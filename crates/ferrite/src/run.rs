@@ -19,7 +19,7 @@ use std::sync::Arc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::cli::{BrokerArgs, Cli, Command, FleetArgs, IngesterArgs, MigrateArgs, RegistryArgs, UpArgs};
+use crate::cli::{BrokerArgs, Cli, Command, FleetArgs, GatewayArgs, IngesterArgs, MigrateArgs, RegistryArgs, UpArgs};
 use crate::database::Database;
 use crate::shutdown;
 
@@ -34,6 +34,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Broker(args) => broker(args).await,
         Command::Ingester(args) => ingester(args).await,
         Command::Fleet(args) => fleet(args).await,
+        Command::Gateway(args) => gateway(args).await,
         Command::Registry(args) => registry(args).await,
         Command::Device(args) => ferrite_registry::cli::run_device_command(args, &mut std::io::stdout()).await,
         Command::Token(args) => ferrite_registry::cli::run_token_command(args, &mut std::io::stdout()).await,
@@ -51,10 +52,7 @@ fn random_secret() -> String {
 struct RegistryProvisioner(RegistryService);
 
 impl ferrite_fleet::Provisioner for RegistryProvisioner {
-    fn credentials<'a>(
-        &'a self,
-        device_id: &'a str,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<(String, String)>> + Send + 'a>> {
+    fn credentials<'a>(&'a self, device_id: &'a str) -> ferrite_fleet::ProvisionFuture<'a> {
         Box::pin(async move {
             let new = NewDevice {
                 id: device_id.to_owned(),
@@ -104,7 +102,11 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
 
     // Our own services log in with accounts whose secrets live only in this process.
     let ingester_login = (ServiceRole::Ingester.username(), random_secret());
-    let accounts = vec![ServiceAccount::new(ServiceRole::Ingester, ingester_login.1.clone())];
+    let gateway_login = (ServiceRole::Gateway.username(), random_secret());
+    let accounts = vec![
+        ServiceAccount::new(ServiceRole::Ingester, ingester_login.1.clone()),
+        ServiceAccount::new(ServiceRole::Gateway, gateway_login.1.clone()),
+    ];
     let service = RegistryService::new(database.pool.clone());
     let mut broker_config = args.listen.broker_config(&args.data);
     broker_config.authorizer =
@@ -113,8 +115,11 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     let provisioner = Arc::new(RegistryProvisioner(service.clone()));
     let registry =
         Registry::bind_service(args.api.registry_config(), service).await.context("cannot start the registry")?;
-    let http = MetricsServer::bind(args.http_addr).await?;
     let mqtt_addr = broker.mqtt_addr();
+    let mut gateway_config = ferrite_gateway::Config::new(local_url(mqtt_addr));
+    gateway_config.http_addr = args.http_addr;
+    gateway_config.credentials = Some(gateway_login);
+    let http = ferrite_gateway::Gateway::bind(gateway_config).await.context("cannot start the gateway")?;
     let ws_addr = broker.ws_addr();
     let (grpc_addr, rest_addr) = (registry.grpc_addr(), registry.rest_addr());
     let broker_url = local_url(mqtt_addr);
@@ -132,7 +137,10 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         async move { broker.run(token).await.map_err(anyhow::Error::from) }
     });
     let mut ingester_task: Task = tokio::spawn(ingester.run(stop_ingester.clone()));
-    let http_task: Task = tokio::spawn(http.run(stop_http.clone()));
+    let http_task: Task = tokio::spawn({
+        let token = stop_http.clone();
+        async move { http.run(token).await.map_err(anyhow::Error::from) }
+    });
     let stop_registry = CancellationToken::new();
     let registry_task: Task = tokio::spawn({
         let token = stop_registry.clone();
@@ -156,6 +164,7 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     println!("  Registry gRPC   http://{grpc_addr}  (reflection on)");
     println!("  Metrics         http://{http_addr}/metrics");
     println!("  PostgreSQL      {}", database.description);
+    println!("  Live WebSocket  ws://{http_addr}/dashboard");
     let fleet_task: Option<Task> = if args.fleet > 0 {
         let mut config = args.sim.config(broker_url, args.fleet, None);
         config.provisioner = Some(provisioner);
@@ -171,6 +180,7 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     } else {
         None
     };
+    println!("Dashboard: http://{http_addr}/");
     println!("Press Ctrl-C to stop.");
 
     tokio::select! {
@@ -194,7 +204,7 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         shutdown::join("ingester", ingester_task).await;
     }
     stop_http.cancel();
-    shutdown::join("http", http_task).await;
+    shutdown::join("gateway", http_task).await;
     stop_registry.cancel();
     shutdown::join("registry", registry_task).await;
     stop_broker.cancel();
@@ -271,6 +281,18 @@ async fn fleet(args: FleetArgs) -> anyhow::Result<()> {
         stats.readings.load(Ordering::Relaxed),
         stats.unacknowledged.load(Ordering::Relaxed)
     );
+    Ok(())
+}
+
+async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
+    let shutdown = shutdown::on_signal();
+    let mut config = ferrite_gateway::Config::new(args.client.broker_url.clone());
+    config.http_addr = args.http_addr;
+    config.credentials = args.client.credentials();
+    let gateway = ferrite_gateway::Gateway::bind(config).await.context("cannot start the gateway")?;
+    println!("Dashboard       http://{}/", gateway.local_addr());
+    println!("Live WebSocket  ws://{}/dashboard", gateway.local_addr());
+    gateway.run(shutdown).await?;
     Ok(())
 }
 

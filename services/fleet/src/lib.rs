@@ -42,12 +42,15 @@ pub struct Misbehaviour {
     pub bad_payload_rate: f64,
 }
 
-/// Issues a device its MQTT credentials, `(username, password)`; the registry implements it.
+/// A device's MQTT login, `(username, password)`.
+pub type Credentials = (String, String);
+
+/// What [`Provisioner::credentials`] returns.
+pub type ProvisionFuture<'a> = Pin<Box<dyn Future<Output = anyhow::Result<Credentials>> + Send + 'a>>;
+
+/// Issues a device its MQTT credentials; the registry implements it.
 pub trait Provisioner: Send + Sync + 'static {
-    fn credentials<'a>(
-        &'a self,
-        device_id: &'a str,
-    ) -> Pin<Box<dyn Future<Output = anyhow::Result<(String, String)>> + Send + 'a>>;
+    fn credentials<'a>(&'a self, device_id: &'a str) -> ProvisionFuture<'a>;
 }
 
 /// What the fleet simulates.

@@ -1,0 +1,412 @@
+//! One browser connection: a reader task and a writer task over any `Sink`/`Stream` of WebSocket messages.
+//!
+//! The reader answers requests; the writer sends what the hub queued and the replies, and pings.
+//! Whichever ends first stops the other. The loop is generic so that tests can drive it without a socket.
+//!
+//! Two queues feed the writer. Updates from the hub go into a bounded queue that the hub never waits on:
+//! when it is full, updates for this browser are dropped and counted, and nobody else notices.
+//! Replies to the browser's own requests (`subscribed` with the retained values, `error`) go into a second
+//! small queue that the reader waits on, so a browser that does not read only stops its own requests;
+//! the writer takes replies first, so the retained values of a subscription always precede later updates.
+
+use std::fmt::Display;
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message};
+use futures::{Sink, SinkExt, Stream, StreamExt};
+use tokio::sync::mpsc;
+use tokio::time::{Instant, MissedTickBehavior};
+use tokio_util::sync::CancellationToken;
+
+use crate::GatewayState;
+use crate::filter::{validate_filter, validate_topic};
+use crate::hub::{ClientCounters, ClientId};
+use crate::policy::ClientInfo;
+use crate::protocol::{Frame, Request, ServerMessage, error_frame, parse_request};
+
+/// The server pings each browser this often; browsers answer on their own, even from a background tab.
+pub const PING_INTERVAL: Duration = Duration::from_secs(20);
+/// A browser from which nothing, not even a pong, arrived for three ping intervals is gone.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Replies waiting to be written; a browser sending requests faster than it reads the replies waits here.
+const REPLY_QUEUE: usize = 8;
+/// Frames written before one flush: fewer system calls under load, while a lone update is still flushed at once.
+const WRITE_BATCH: usize = 64;
+/// How long the close frame may take to reach a browser that may have stopped reading.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Serves one browser until it leaves, stops answering pings, or the gateway shuts down.
+pub async fn serve<S, R, E>(state: GatewayState, info: ClientInfo, sink: S, stream: R)
+where
+    S: Sink<Message> + Unpin + Send + 'static,
+    S::Error: Display,
+    R: Stream<Item = Result<Message, E>> + Unpin + Send + 'static,
+    E: Display + Send + 'static,
+{
+    let (updates_tx, updates) = mpsc::channel(state.client_queue());
+    let (replies_tx, replies) = mpsc::channel(REPLY_QUEUE);
+    let (id, counters) = state.hub().register(info.clone(), updates_tx);
+    tracing::debug!(client = id, peer = ?info.peer, "browser connected");
+    let stop = state.closing().child_token();
+    let reader = tokio::spawn(read_loop(state.clone(), id, info, stream, replies_tx, stop.clone()));
+    let writer = tokio::spawn(write_loop(sink, updates, replies, counters, stop, state.closing().clone()));
+    // Each task cancels `stop` when it ends, however it ends, which ends the other.
+    let (read, write) = tokio::join!(reader, writer);
+    for ended in [read, write] {
+        if let Err(error) = ended {
+            tracing::warn!(client = id, %error, "browser task failed");
+        }
+    }
+    state.hub().unregister(id);
+    tracing::debug!(client = id, "browser disconnected");
+}
+
+async fn read_loop<R, E>(
+    state: GatewayState,
+    id: ClientId,
+    info: ClientInfo,
+    mut stream: R,
+    replies: mpsc::Sender<Vec<Frame>>,
+    stop: CancellationToken,
+) where
+    R: Stream<Item = Result<Message, E>> + Unpin,
+    E: Display + Send,
+{
+    let _stop_on_exit = stop.clone().drop_guard();
+    loop {
+        let next = tokio::select! {
+            () = stop.cancelled() => return,
+            next = tokio::time::timeout(IDLE_TIMEOUT, stream.next()) => next,
+        };
+        let message = match next {
+            Ok(Some(Ok(message))) => message,
+            Ok(Some(Err(error))) => {
+                tracing::debug!(client = id, %error, "browser connection failed");
+                return;
+            }
+            Ok(None) => return,
+            Err(_) => {
+                tracing::debug!(client = id, "browser answered no ping; closing");
+                return;
+            }
+        };
+        let handled = match message {
+            Message::Text(text) => {
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    handled = handle(&state, id, &info, text.as_str(), &replies) => handled,
+                }
+            }
+            Message::Binary(_) => reply_error(&replies, "binary frames are not supported: send JSON text").await,
+            // The WebSocket layer answers pings itself; any frame proves the browser is there.
+            Message::Ping(_) | Message::Pong(_) => Ok(()),
+            Message::Close(_) => return,
+        };
+        if handled.is_err() {
+            // The writer is gone, so nobody can hear us any more.
+            return;
+        }
+    }
+}
+
+/// The writer has ended.
+struct WriterGone;
+
+async fn reply_error(replies: &mpsc::Sender<Vec<Frame>>, message: &str) -> Result<(), WriterGone> {
+    metrics::counter!("ferrite_gateway_bad_requests_total").increment(1);
+    replies.send(vec![error_frame(message)]).await.map_err(|_| WriterGone)
+}
+
+async fn handle(
+    state: &GatewayState,
+    id: ClientId,
+    info: &ClientInfo,
+    text: &str,
+    replies: &mpsc::Sender<Vec<Frame>>,
+) -> Result<(), WriterGone> {
+    let request = match parse_request(text) {
+        Ok(request) => request,
+        Err(message) => return reply_error(replies, &message).await,
+    };
+    match request {
+        Request::Subscribe { topics } => {
+            let (valid, invalid) = split_filters(topics);
+            if !invalid.is_empty() {
+                reply_error(replies, &invalid.join("; ")).await?;
+            }
+            if valid.is_empty() {
+                return Ok(());
+            }
+            // Reserve the reply's place before subscribing, and queue it under the hub's lock: updates the hub
+            // queues after this subscription then always follow its retained values.
+            let permit = replies.reserve().await.map_err(|_| WriterGone)?;
+            {
+                let mut hub = state.hub();
+                match hub.subscribe(id, &valid) {
+                    Ok(retained) => {
+                        let mut frames = Vec::with_capacity(retained.len() + 1);
+                        frames.push(ServerMessage::Subscribed { topics: &valid }.frame());
+                        frames.extend(retained);
+                        permit.send(frames);
+                    }
+                    Err(error) => {
+                        metrics::counter!("ferrite_gateway_bad_requests_total").increment(1);
+                        permit.send(vec![error_frame(&error.to_string())]);
+                    }
+                }
+            }
+            Ok(())
+        }
+        Request::Unsubscribe { topics } => {
+            let (valid, invalid) = split_filters(topics);
+            state.hub().unsubscribe(id, &valid);
+            if invalid.is_empty() { Ok(()) } else { reply_error(replies, &invalid.join("; ")).await }
+        }
+        Request::Publish(publish) => {
+            if let Err(error) = validate_topic(&publish.topic) {
+                return reply_error(replies, &error.to_string()).await;
+            }
+            if let Err(reason) = state.policy().check(info, &publish.topic, publish.retain) {
+                return reply_error(replies, &format!("not allowed to publish to {:?}: {reason}", publish.topic)).await;
+            }
+            let qos = match publish.qos {
+                0 => ferrite_mqtt::QoS::AtMostOnce,
+                1 => ferrite_mqtt::QoS::AtLeastOnce,
+                _ => ferrite_mqtt::QoS::ExactlyOnce,
+            };
+            // Waits only when too many QoS 1/2 publishes are unacknowledged, which slows this browser alone.
+            match state.session().publish(publish.topic, qos, publish.retain, publish.payload, None).await {
+                Ok(()) => {
+                    metrics::counter!("ferrite_gateway_publishes_total").increment(1);
+                    Ok(())
+                }
+                Err(error) => reply_error(replies, &format!("publish failed: {error}")).await,
+            }
+        }
+    }
+}
+
+/// Splits requested filters into valid ones (each once, in order) and the reasons for the others.
+fn split_filters(topics: Vec<String>) -> (Vec<String>, Vec<String>) {
+    let mut valid: Vec<String> = Vec::with_capacity(topics.len());
+    let mut invalid = Vec::new();
+    for topic in topics {
+        match validate_filter(&topic) {
+            Ok(()) if !valid.contains(&topic) => valid.push(topic),
+            Ok(()) => {}
+            Err(error) => invalid.push(error.to_string()),
+        }
+    }
+    (valid, invalid)
+}
+
+async fn write_loop<S>(
+    mut sink: S,
+    mut updates: mpsc::Receiver<Frame>,
+    mut replies: mpsc::Receiver<Vec<Frame>>,
+    counters: std::sync::Arc<ClientCounters>,
+    stop: CancellationToken,
+    closing: CancellationToken,
+) where
+    S: Sink<Message> + Unpin,
+    S::Error: Display,
+{
+    let _stop_on_exit = stop.clone().drop_guard();
+    let mut ping = tokio::time::interval_at(Instant::now() + PING_INTERVAL, PING_INTERVAL);
+    ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut batch = Vec::with_capacity(WRITE_BATCH);
+    loop {
+        tokio::select! {
+            biased;
+            () = stop.cancelled() => break,
+            reply = replies.recv() => match reply {
+                Some(frames) => batch.extend(frames.into_iter().map(Message::Text)),
+                None => break,
+            },
+            update = updates.recv() => match update {
+                Some(frame) => {
+                    batch.push(Message::Text(frame));
+                    while batch.len() < WRITE_BATCH {
+                        let Ok(frame) = updates.try_recv() else { break };
+                        batch.push(Message::Text(frame));
+                    }
+                }
+                None => break,
+            },
+            _ = ping.tick() => batch.push(Message::Ping(Default::default())),
+        }
+        let texts = batch.iter().filter(|message| matches!(message, Message::Text(_))).count() as u64;
+        let written = tokio::select! {
+            () = stop.cancelled() => break,
+            written = write_all(&mut sink, &mut batch) => written,
+        };
+        if let Err(error) = written {
+            tracing::debug!(%error, "cannot write to browser");
+            break;
+        }
+        counters.sent.fetch_add(texts, std::sync::atomic::Ordering::Relaxed);
+    }
+    // Say goodbye: "going away" when the gateway shuts down, a normal close otherwise.
+    let frame = if closing.is_cancelled() {
+        CloseFrame { code: 1001, reason: "gateway shutting down".into() }
+    } else {
+        CloseFrame { code: 1000, reason: "".into() }
+    };
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+        let _ = sink.send(Message::Close(Some(frame))).await;
+        let _ = sink.close().await;
+    })
+    .await;
+}
+
+async fn write_all<S>(sink: &mut S, batch: &mut Vec<Message>) -> Result<(), S::Error>
+where
+    S: Sink<Message> + Unpin,
+{
+    for message in batch.drain(..) {
+        sink.feed(message).await?;
+    }
+    sink.flush().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Config, Gateway};
+    use ferrite_mqtt::BrokerUrl;
+    use futures::channel::mpsc as channel;
+    use serde_json::Value;
+
+    /// A browser made of channels: what the test sends is what the gateway reads, and the other way round.
+    struct Browser {
+        to_gateway: channel::UnboundedSender<Result<Message, String>>,
+        from_gateway: channel::UnboundedReceiver<Message>,
+        task: tokio::task::JoinHandle<()>,
+    }
+
+    impl Browser {
+        fn connect(state: &GatewayState) -> Browser {
+            let (to_gateway, stream) = channel::unbounded();
+            let (sink, from_gateway) = channel::unbounded::<Message>();
+            let sink = sink.sink_map_err(|error| error.to_string());
+            let info = ClientInfo { peer: None, token: None };
+            let task = tokio::spawn(serve(state.clone(), info, sink, stream));
+            Browser { to_gateway, from_gateway, task }
+        }
+
+        fn send(&self, text: &str) {
+            self.to_gateway.unbounded_send(Ok(Message::Text(text.into()))).expect("the gateway reads");
+        }
+
+        /// The next text frame, as JSON (pings are skipped).
+        async fn next_json(&mut self) -> Value {
+            loop {
+                match self.from_gateway.next().await.expect("the gateway writes") {
+                    Message::Text(text) => return serde_json::from_str(text.as_str()).expect("frames are JSON"),
+                    Message::Ping(_) => continue,
+                    other => panic!("unexpected frame {other:?}"),
+                }
+            }
+        }
+    }
+
+    /// A gateway that is bound but not run, whose session points at a port nothing listens on.
+    async fn state() -> GatewayState {
+        let mut config = Config::new(BrokerUrl::Tcp { host: "127.0.0.1".into(), port: 9 });
+        config.http_addr = "127.0.0.1:0".parse().expect("valid address");
+        Gateway::bind(config).await.expect("binds").state()
+    }
+
+    #[tokio::test]
+    async fn bad_input_gets_an_error_and_the_connection_stays_usable() {
+        let state = state().await;
+        let mut browser = Browser::connect(&state);
+        for (input, expected) in [
+            ("not json", "invalid JSON"),
+            (r#"{"type": "dance"}"#, "unknown message type"),
+            (r#"{"type": "subscribe", "topics": ["a/#/b"]}"#, "'#' must be the last level"),
+            (r#"{"type": "publish", "topic": "a/+", "payload": "x"}"#, "wildcards"),
+        ] {
+            browser.send(input);
+            let reply = browser.next_json().await;
+            assert_eq!(reply["type"], "error", "{input}");
+            let message = reply["message"].as_str().expect("a message");
+            assert!(message.contains(expected), "{input}: {message}");
+        }
+        browser.to_gateway.unbounded_send(Ok(Message::Binary(vec![1, 2].into()))).expect("the gateway reads");
+        assert_eq!(browser.next_json().await["type"], "error");
+
+        browser.send(r#"{"type": "subscribe", "topics": ["sensors/#", "bad/#/x", "sensors/#"]}"#);
+        let error = browser.next_json().await;
+        assert_eq!(error["type"], "error");
+        assert_eq!(browser.next_json().await, serde_json::json!({"type": "subscribed", "topics": ["sensors/#"]}));
+        assert_eq!(state.subscriptions(), vec![("sensors/#".to_owned(), 1)]);
+    }
+
+    #[tokio::test]
+    async fn leaving_releases_the_subscriptions() {
+        let state = state().await;
+        let mut browser = Browser::connect(&state);
+        browser.send(r#"{"type": "subscribe", "topics": ["a", "b"]}"#);
+        assert_eq!(browser.next_json().await["type"], "subscribed");
+        browser.send(r#"{"type": "unsubscribe", "topics": ["a"]}"#);
+        browser.send(r#"{"type": "subscribe", "topics": ["c"]}"#);
+        assert_eq!(browser.next_json().await["topics"][0], "c");
+        assert_eq!(state.subscriptions(), vec![("b".to_owned(), 1), ("c".to_owned(), 1)]);
+        browser.to_gateway.unbounded_send(Ok(Message::Close(None))).expect("the gateway reads");
+        browser.task.await.expect("the client loop ends");
+        assert!(state.subscriptions().is_empty());
+        assert!(state.clients().is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn pings_and_closes_a_browser_that_never_answers() {
+        let state = state().await;
+        let mut browser = Browser::connect(&state);
+        // Time is paused and advances by itself while everything waits: the pings come, nothing answers,
+        // and the gateway closes the connection after the idle timeout.
+        let mut pings = 0;
+        loop {
+            match browser.from_gateway.next().await {
+                Some(Message::Ping(_)) => pings += 1,
+                Some(Message::Close(Some(frame))) => {
+                    assert_eq!(frame.code, 1000);
+                    break;
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        // Pings at 20 s and 40 s for sure; the one due at 60 s races the timeout.
+        assert!(pings >= 2, "{pings} pings");
+        browser.task.await.expect("the client loop ends");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pong_keeps_the_connection() {
+        let state = state().await;
+        let mut browser = Browser::connect(&state);
+        for _ in 0..5 {
+            match browser.from_gateway.next().await {
+                Some(Message::Ping(payload)) => {
+                    browser.to_gateway.unbounded_send(Ok(Message::Pong(payload))).expect("the gateway reads");
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert_eq!(state.clients().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn shutdown_closes_with_going_away() {
+        let state = state().await;
+        let mut browser = Browser::connect(&state);
+        browser.send(r#"{"type": "subscribe", "topics": ["a"]}"#);
+        assert_eq!(browser.next_json().await["type"], "subscribed");
+        state.closing().cancel();
+        match browser.from_gateway.next().await {
+            Some(Message::Close(Some(frame))) => assert_eq!(frame.code, 1001),
+            other => panic!("unexpected {other:?}"),
+        }
+        browser.task.await.expect("the client loop ends");
+    }
+}

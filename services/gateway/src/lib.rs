@@ -1,0 +1,304 @@
+//! Ferrite's gateway: live MQTT traffic for browsers over WebSocket, and the dashboard that shows it.
+//!
+//! The gateway is one MQTT client for all browsers. Browsers speak the JSON protocol of DESIGN.md on
+//! `/dashboard` (subscribe with MQTT filters, unsubscribe, publish); the gateway subscribes at the broker once
+//! per distinct filter, keeps the latest retained message per topic so a new browser sees the current state
+//! at once, and fans each message out in memory. Every browser has its own bounded queue: one that cannot keep
+//! up loses updates for itself alone, counted, and never slows the broker connection or other browsers.
+//!
+//! # Layout
+//! - [`Config`], [`Gateway`] (`bind`, `local_addr`, `run`), [`GatewayState`], [`GatewayError`]: this file,
+//!   with the task that feeds MQTT messages to the hub.
+//! - [`http`]: [`router`]: `/` (the dashboard), `/assets/...`, `/dashboard` (the WebSocket), `/healthz`, `/metrics`.
+//! - [`client`]: one browser's reader and writer tasks, generic over `Sink`/`Stream`.
+//! - `hub`: broker subscriptions counted per filter, the retained cache, and the fan-out.
+//! - [`protocol`]: the JSON messages, and MQTT messages rendered as frames (with `ferrite_core`'s parsers).
+//! - [`filter`]: MQTT filter validation and matching.
+//! - [`policy`]: [`PublishPolicy`], who may publish from a browser (everyone, until the registry's tokens).
+//! - `assets`: the dashboard's files (`assets/` in this crate), embedded in the binary.
+
+mod assets;
+pub mod client;
+pub mod filter;
+pub mod http;
+mod hub;
+pub mod policy;
+pub mod protocol;
+
+use std::fmt;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use chrono::Utc;
+use ferrite_mqtt::{BrokerUrl, Event, Session, SessionConfig};
+
+use crate::hub::Hub;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use http::router;
+pub use hub::ClientStats;
+pub use policy::{AllowAll, ClientInfo, PublishPolicy};
+
+/// The dashboard's port of DESIGN.md, on loopback: like the broker, safe by default.
+pub const DEFAULT_HTTP_ADDR: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 8080));
+
+/// Frames queued for one browser before its updates are dropped.
+///
+/// 1,024 is about a third of a second of a 1,000-device fleet's whole traffic (three readings a second each):
+/// enough to ride out a browser's garbage-collection pause or a slow render without loss, while a browser that
+/// has really fallen behind loses old values instead of holding memory. Frames are shared between browsers,
+/// so a queued frame costs a pointer, not a copy.
+pub const DEFAULT_CLIENT_QUEUE: usize = 1024;
+
+/// The largest MQTT packet the gateway takes, announced to the broker so that it drops larger messages for us
+/// (rumqttc would otherwise drop the whole connection on one, and a retained one would do it on every reconnect).
+pub const MAX_MQTT_PACKET: u32 = 256 * 1024;
+
+/// Most filters one browser may hold at once; the dashboard needs a handful, and this bounds a runaway page.
+pub const MAX_FILTERS_PER_CLIENT: usize = 256;
+
+/// How long browsers get to receive their close frames at shutdown.
+const CLIENT_CLOSE_GRACE: Duration = Duration::from_secs(5);
+
+/// How long browsers' QoS 1/2 publishes get to be acknowledged at shutdown.
+const PUBLISH_DRAIN: Duration = Duration::from_secs(5);
+
+/// How the gateway listens and reaches the broker.
+#[derive(Clone)]
+pub struct Config {
+    /// Where the dashboard, `/dashboard`, `/healthz` and `/metrics` listen.
+    pub http_addr: SocketAddr,
+    pub broker: BrokerUrl,
+    /// `(username, password)` for the broker; never logged.
+    pub credentials: Option<(String, String)>,
+    /// The MQTT client id; each gateway needs its own, or the broker disconnects one for the other.
+    pub client_id: String,
+    /// Frames queued per browser before its updates are dropped; see [`DEFAULT_CLIENT_QUEUE`].
+    pub client_queue: usize,
+    /// Who may publish from a browser; [`AllowAll`] by default.
+    pub publish_policy: Arc<dyn PublishPolicy>,
+}
+
+impl Config {
+    /// The defaults, with a client id of its own (`ferrite-gateway-` and a random suffix), so that several
+    /// gateways behind a load balancer never take over each other's session.
+    pub fn new(broker: BrokerUrl) -> Config {
+        Config {
+            http_addr: DEFAULT_HTTP_ADDR,
+            broker,
+            credentials: None,
+            client_id: format!("ferrite-gateway-{:08x}", fastrand::u32(..)),
+            client_queue: DEFAULT_CLIENT_QUEUE,
+            publish_policy: Arc::new(AllowAll),
+        }
+    }
+}
+
+impl fmt::Debug for Config {
+    // By hand: the credentials hold a password.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("http_addr", &self.http_addr)
+            .field("broker", &self.broker)
+            .field("username", &self.credentials.as_ref().map(|(user, _)| user))
+            .field("client_id", &self.client_id)
+            .field("client_queue", &self.client_queue)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What can go wrong starting or running the gateway.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error("invalid gateway configuration: {0}")]
+    InvalidConfig(String),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("gateway http server failed: {0}")]
+    Serve(std::io::Error),
+}
+
+/// What the routes and browser tasks share: a cheap handle.
+#[derive(Clone)]
+pub struct GatewayState {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    hub: Mutex<Hub>,
+    session: Session,
+    policy: Arc<dyn PublishPolicy>,
+    client_queue: usize,
+    /// Cancelled when the gateway shuts down: every browser is sent a close frame.
+    closing: CancellationToken,
+    /// The browser connections, to wait for them at shutdown.
+    tracker: TaskTracker,
+}
+
+impl GatewayState {
+    /// The hub, locked. A panic while it was held leaves nothing half-done that matters more than serving on,
+    /// so a poisoned lock is taken as it is.
+    pub(crate) fn hub(&self) -> MutexGuard<'_, Hub> {
+        self.shared.hub.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Every connected browser, with its subscriptions and counters.
+    pub fn clients(&self) -> Vec<ClientStats> {
+        self.hub().clients()
+    }
+
+    /// The filters subscribed at the broker, each with how many browsers hold it.
+    pub fn subscriptions(&self) -> Vec<(String, usize)> {
+        self.hub().subscriptions()
+    }
+
+    pub(crate) fn session(&self) -> &Session {
+        &self.shared.session
+    }
+
+    pub(crate) fn policy(&self) -> &dyn PublishPolicy {
+        self.shared.policy.as_ref()
+    }
+
+    pub(crate) fn client_queue(&self) -> usize {
+        self.shared.client_queue
+    }
+
+    pub(crate) fn closing(&self) -> &CancellationToken {
+        &self.shared.closing
+    }
+
+    pub(crate) fn tracker(&self) -> TaskTracker {
+        self.shared.tracker.clone()
+    }
+}
+
+/// A bound gateway: its HTTP port is open and its MQTT session is connecting; it serves once [`Gateway::run`] is called.
+pub struct Gateway {
+    listener: TcpListener,
+    state: GatewayState,
+    events: mpsc::Receiver<Event>,
+}
+
+impl Gateway {
+    /// Validates the configuration, binds the HTTP listener (port 0 picks a free port) and starts the MQTT session.
+    pub async fn bind(config: Config) -> Result<Gateway, GatewayError> {
+        if config.client_queue == 0 {
+            return Err(GatewayError::InvalidConfig("the client queue must hold at least one frame".into()));
+        }
+        if config.client_id.is_empty() {
+            return Err(GatewayError::InvalidConfig("the mqtt client id must not be empty".into()));
+        }
+        let listener = TcpListener::bind(config.http_addr)
+            .await
+            .map_err(|source| GatewayError::Bind { addr: config.http_addr, source })?;
+        let mut session_config = SessionConfig::new(config.broker.clone(), config.client_id.clone());
+        session_config.credentials = config.credentials.clone();
+        session_config.max_packet_size = Some(MAX_MQTT_PACKET);
+        let (session, events) = Session::start(session_config);
+        let shared = Shared {
+            hub: Mutex::new(Hub::new(session.clone(), MAX_FILTERS_PER_CLIENT)),
+            session,
+            policy: config.publish_policy,
+            client_queue: config.client_queue,
+            closing: CancellationToken::new(),
+            tracker: TaskTracker::new(),
+        };
+        Ok(Gateway { listener, state: GatewayState { shared: Arc::new(shared) }, events })
+    }
+
+    /// The address the HTTP listener is bound to.
+    pub fn local_addr(&self) -> SocketAddr {
+        // A bound TCP listener always has a local address.
+        self.listener.local_addr().unwrap_or(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)))
+    }
+
+    /// A handle on the gateway's state, for its router and for tests.
+    pub fn state(&self) -> GatewayState {
+        self.state.clone()
+    }
+
+    /// Serves until `shutdown` is cancelled; then closes every browser with a close frame, lets browsers'
+    /// QoS 1/2 publishes be acknowledged, and disconnects from the broker.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), GatewayError> {
+        let Gateway { listener, state, events } = self;
+        let addr = listener.local_addr().map_err(GatewayError::Serve)?;
+        tracing::info!(%addr, "gateway listening; dashboard at http://{addr}/");
+        let pump = tokio::spawn(pump(events, state.clone()));
+        let closing = state.closing().clone();
+        let app = router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                shutdown.cancelled().await;
+                // Upgraded connections are not the HTTP server's to wait for: tell the browsers ourselves.
+                closing.cancel();
+            })
+            .await;
+        state.closing().cancel();
+        let tracker = state.tracker();
+        tracker.close();
+        if tokio::time::timeout(CLIENT_CLOSE_GRACE, tracker.wait()).await.is_err() {
+            tracing::warn!(left = tracker.len(), "some browsers did not close in time");
+        }
+        let unacknowledged = state.session().close(PUBLISH_DRAIN).await;
+        if unacknowledged > 0 {
+            tracing::warn!(unacknowledged, "browser publishes were not acknowledged before shutdown");
+        }
+        // The session has ended, so its events end and the pump with them.
+        let _ = pump.await;
+        tracing::info!("gateway stopped");
+        served.map_err(GatewayError::Serve)
+    }
+}
+
+/// Feeds the session's events to the hub until the session ends.
+async fn pump(mut events: mpsc::Receiver<Event>, state: GatewayState) {
+    let mut connected = false;
+    while let Some(event) = events.recv().await {
+        match event {
+            Event::Connected { .. } => {
+                state.hub().on_connected();
+                connected = true;
+                metrics::gauge!("ferrite_gateway_mqtt_connected").set(1.0);
+                tracing::info!("gateway connected to the broker");
+            }
+            Event::Disconnected { error } => {
+                metrics::gauge!("ferrite_gateway_mqtt_connected").set(0.0);
+                // Log the loss once, not every failed attempt while the broker is away.
+                if connected {
+                    tracing::warn!(%error, "gateway lost the broker; reconnecting");
+                } else {
+                    tracing::debug!(%error, "gateway cannot reach the broker yet");
+                }
+                connected = false;
+            }
+            Event::Subscribed { refused } => {
+                if refused > 0 {
+                    tracing::warn!(refused, "the broker refused a dashboard subscription");
+                }
+            }
+            Event::Message(message) => {
+                let publish = &message.publish;
+                let topic = message.topic();
+                let frames = protocol::render(&topic, &publish.payload, message.content_type(), Utc::now());
+                let incoming = hub::Incoming {
+                    topic: &topic,
+                    retain: publish.retain,
+                    payload: &publish.payload,
+                    content_type: message.content_type(),
+                    frames: frames.into(),
+                };
+                let delivered = state.hub().deliver(&incoming);
+                metrics::counter!("ferrite_gateway_mqtt_messages_total").increment(1);
+                metrics::counter!("ferrite_gateway_frames_queued_total").increment(delivered.queued);
+                if delivered.dropped > 0 {
+                    metrics::counter!("ferrite_gateway_frames_dropped_total").increment(delivered.dropped);
+                }
+            }
+        }
+    }
+}
