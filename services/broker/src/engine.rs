@@ -109,10 +109,10 @@ impl Engine {
 
 /// Binds a listener; a request for port 0 is resolved to a concrete free port first.
 ///
-/// rmqtt keys per-listener state by the *configured* port (its handshake executors and session ids use
-/// `cfg.laddr`), so two listeners configured with port 0 share that state: measured, fleet devices on the
-/// TCP port then lost two thirds of their messages. Giving rmqtt the real port avoids it; the port is
-/// found by binding and releasing it, and taken again at once (a lost race is retried).
+/// rmqtt keys per-listener state by the *configured* port (its handshake executor is looked up by
+/// `cfg.laddr.port()`, and session ids carry `cfg.laddr`), so two listeners configured with port 0 would
+/// share one executor built from whichever listener's settings came first. Giving rmqtt the real port keeps
+/// them apart; the port is found by binding and releasing it, and taken again at once (a lost race is retried).
 fn listener(config: &Config, addr: SocketAddr, name: &str) -> Result<Listener, BrokerError> {
     if addr.port() != 0 {
         return bind_listener(config, addr, name);
