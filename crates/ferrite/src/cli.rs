@@ -70,6 +70,9 @@ impl ApiArgs {
 pub struct GatewayArgs {
     #[command(flatten)]
     pub client: ClientArgs,
+    /// Let browsers beyond loopback publish without a token (the gateway cannot check API tokens yet).
+    #[arg(long, env = "FERRITE_ALLOW_ANONYMOUS")]
+    pub allow_anonymous: bool,
     /// Dashboard page /, live WebSocket /dashboard, /healthz and /metrics.
     #[arg(long, env = "FERRITE_HTTP_ADDR", default_value = "127.0.0.1:8080")]
     pub http_addr: SocketAddr,
@@ -307,6 +310,7 @@ impl Cli {
     pub fn validate(&self) -> anyhow::Result<()> {
         match &self.command {
             Command::Up(args) => {
+                check_gateway_exposure(args.http_addr, args.api.allow_anonymous)?;
                 check_sim(&args.sim)?;
                 check_ingest(&args.ingest)?;
                 let addrs = [
@@ -344,6 +348,17 @@ impl Cli {
             | Command::Migrate(_) => Ok(()),
         }
     }
+}
+
+/// Browsers may publish through the gateway, and it cannot check API tokens yet: so, like Mosquitto 2,
+/// it stays on loopback unless the user explicitly accepts anonymous browsers.
+fn check_gateway_exposure(addr: SocketAddr, allow_anonymous: bool) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        addr.ip().is_loopback() || allow_anonymous,
+        "the gateway on {addr} would let any browser publish: API tokens for browsers are not supported yet, \
+         so keep --http-addr on loopback (127.0.0.1) or pass --allow-anonymous"
+    );
+    Ok(())
 }
 
 fn check_sim(sim: &SimArgs) -> anyhow::Result<()> {
