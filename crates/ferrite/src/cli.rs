@@ -70,7 +70,7 @@ impl ApiArgs {
 pub struct GatewayArgs {
     #[command(flatten)]
     pub client: ClientArgs,
-    /// Let browsers beyond loopback publish without a token (the gateway cannot check API tokens yet).
+    /// Let browsers beyond loopback publish without a token (`ferrite gateway` alone cannot check API tokens).
     #[arg(long, env = "FERRITE_ALLOW_ANONYMOUS")]
     pub allow_anonymous: bool,
     /// Dashboard page /, live WebSocket /dashboard, /healthz and /metrics.
@@ -310,7 +310,6 @@ impl Cli {
     pub fn validate(&self) -> anyhow::Result<()> {
         match &self.command {
             Command::Up(args) => {
-                check_gateway_exposure(args.http_addr, args.api.allow_anonymous)?;
                 check_sim(&args.sim)?;
                 check_ingest(&args.ingest)?;
                 let addrs = [
@@ -341,22 +340,19 @@ impl Cli {
                 );
                 Ok(())
             }
-            Command::Gateway(_)
-            | Command::Registry(_)
-            | Command::Device(_)
-            | Command::Token(_)
-            | Command::Migrate(_) => Ok(()),
+            Command::Gateway(args) => check_gateway_exposure(args.http_addr, args.allow_anonymous),
+            Command::Registry(_) | Command::Device(_) | Command::Token(_) | Command::Migrate(_) => Ok(()),
         }
     }
 }
 
-/// Browsers may publish through the gateway, and it cannot check API tokens yet: so, like Mosquitto 2,
-/// it stays on loopback unless the user explicitly accepts anonymous browsers.
+/// A gateway on its own has no registry to check browsers' API tokens against: so, like Mosquitto 2,
+/// it stays on loopback unless the user explicitly accepts anonymous browsers (`ferrite up` checks tokens).
 fn check_gateway_exposure(addr: SocketAddr, allow_anonymous: bool) -> anyhow::Result<()> {
     anyhow::ensure!(
         addr.ip().is_loopback() || allow_anonymous,
-        "the gateway on {addr} would let any browser publish: API tokens for browsers are not supported yet, \
-         so keep --http-addr on loopback (127.0.0.1) or pass --allow-anonymous"
+        "the gateway on {addr} would let any browser publish: `ferrite gateway` cannot check API tokens \
+         (`ferrite up` does), so keep --http-addr on loopback (127.0.0.1) or pass --allow-anonymous"
     );
     Ok(())
 }

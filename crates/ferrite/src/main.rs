@@ -6,9 +6,11 @@
 //! - `run`: one function per subcommand, composing the services' `bind` / `run`.
 //! - `shutdown`: SIGINT and SIGTERM in one place, and the bounded drain.
 //! - `database`: `DATABASE_URL`, or a private PostgreSQL cluster under the data directory.
+//! - `policy`: API tokens for browser publishes through the gateway, checked against the registry.
 
 mod cli;
 mod database;
+mod policy;
 mod run;
 mod shutdown;
 

@@ -113,12 +113,15 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         registry_authorizer(service.clone(), &broker_config, args.api.allow_anonymous, accounts)?;
     let broker = Broker::bind(broker_config).await.context("cannot start the broker")?;
     let provisioner = Arc::new(RegistryProvisioner(service.clone()));
-    let registry =
-        Registry::bind_service(args.api.registry_config(), service).await.context("cannot start the registry")?;
+    let registry = Registry::bind_service(args.api.registry_config(), service.clone())
+        .await
+        .context("cannot start the registry")?;
     let mqtt_addr = broker.mqtt_addr();
     let mut gateway_config = ferrite_gateway::Config::new(local_url(mqtt_addr));
     gateway_config.http_addr = args.http_addr;
     gateway_config.credentials = Some(gateway_login);
+    gateway_config.publish_policy =
+        Arc::new(crate::policy::TokenPolicy::new(service.clone(), args.http_addr, args.api.allow_anonymous));
     let http = ferrite_gateway::Gateway::bind(gateway_config).await.context("cannot start the gateway")?;
     let ws_addr = broker.ws_addr();
     let (grpc_addr, rest_addr) = (registry.grpc_addr(), registry.rest_addr());

@@ -24,7 +24,7 @@ fn help_lists_every_command() {
 #[test]
 fn bad_configuration_fails_before_binding_with_one_clear_line() {
     let cases: [(&[&str], &str); 5] = [
-        (&["up", "--http-addr", "0.0.0.0:18998"], "would let any browser publish"),
+        (&["gateway", "--http-addr", "0.0.0.0:18998"], "would let any browser publish"),
         (&["up", "--mqtt-addr", "not-an-address"], "--mqtt-addr"),
         (&["up", "--drop-rate", "2"], "--drop-rate is a probability"),
         (&["fleet", "--broker-url", "http://x"], "invalid broker url"),

@@ -89,7 +89,10 @@ async fn dashboard(
     let tracker = state.tracker();
     upgrade.max_message_size(MAX_REQUEST_BYTES).max_frame_size(MAX_REQUEST_BYTES).on_upgrade(move |socket| {
         let (sink, stream) = socket.split();
-        tracker.track_future(client::serve(state, info, sink, stream))
+        tracker.track_future(async move {
+            state.policy().admit(&info).await;
+            client::serve(state, info, sink, stream).await
+        })
     })
 }
 

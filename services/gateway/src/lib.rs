@@ -41,7 +41,7 @@ use tokio_util::task::TaskTracker;
 
 pub use http::router;
 pub use hub::ClientStats;
-pub use policy::{AllowAll, ClientInfo, PublishPolicy};
+pub use policy::{AdmitFuture, AllowAll, ClientInfo, PublishPolicy};
 
 /// The dashboard's port of DESIGN.md, on loopback: like the broker, safe by default.
 pub const DEFAULT_HTTP_ADDR: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 8080));

@@ -1,11 +1,15 @@
 //! Who may publish through the gateway: the seam where the registry's API tokens will plug in.
 //!
-//! Today the gateway, like `ferrite up`, is meant for loopback, and [`AllowAll`] lets every browser publish.
-//! DESIGN.md asks that publishing obey the same rights as the REST API (a token when not on loopback);
-//! the registry will provide a [`PublishPolicy`] that checks [`ClientInfo::token`], and `ferrite` will pass it in
-//! [`crate::Config::publish_policy`] whenever a listener is not on loopback.
+//! [`AllowAll`] lets every browser publish, which is right on loopback. DESIGN.md asks that publishing obey
+//! the same rights as the REST API (a token when not on loopback): `ferrite` passes a policy backed by the
+//! registry's API tokens in [`crate::Config::publish_policy`], which looks the token up in [`PublishPolicy::admit`].
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
+
+/// What [`PublishPolicy::admit`] returns.
+pub type AdmitFuture<'a> = Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
 
 /// What the gateway knows about a browser when it decides.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,6 +32,12 @@ impl ClientInfo {
 pub trait PublishPolicy: Send + Sync + 'static {
     /// `Ok` to publish; `Err` with the reason, which the browser receives as an `error` message.
     fn check(&self, client: &ClientInfo, topic: &str, retain: bool) -> Result<(), String>;
+
+    /// Called once when a browser connects, before it is served: the place for slow, asynchronous
+    /// work such as looking its token up, whose outcome [`PublishPolicy::check`] then uses.
+    fn admit<'a>(&'a self, _client: &'a ClientInfo) -> AdmitFuture<'a> {
+        Box::pin(std::future::ready(()))
+    }
 }
 
 /// Every browser may publish anywhere (but `$` topics, which the gateway refuses anyway).
