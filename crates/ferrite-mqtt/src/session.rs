@@ -220,7 +220,6 @@ struct Entry {
     outbound: Outbound,
     /// The packet id of its latest send on the current connection.
     pkid: Option<u16>,
-    sent: bool,
     _permit: Option<OwnedSemaphorePermit>,
 }
 
@@ -357,11 +356,10 @@ impl Driver {
                 }
                 let id = self.next_id;
                 self.next_id += 1;
-                let mut entry = Entry { id, outbound, pkid: None, sent: false, _permit: permit };
+                let entry = Entry { id, outbound, pkid: None, _permit: permit };
                 if self.connected {
                     self.send(&entry.outbound);
                     self.awaiting_pkid.push_back(id);
-                    entry.sent = true;
                 }
                 self.ledger.push_back(entry);
             }
@@ -421,7 +419,6 @@ impl Driver {
             self.send(&self.ledger[idx].outbound);
             let entry = &mut self.ledger[idx];
             entry.pkid = None;
-            entry.sent = true;
             self.awaiting_pkid.push_back(entry.id);
         }
     }
@@ -431,7 +428,6 @@ impl Driver {
         self.awaiting_pkid.clear();
         for entry in &mut self.ledger {
             entry.pkid = None;
-            entry.sent = false;
         }
         // rumqttc keeps unacknowledged publishes to replay them itself, but drops them when the new
         // session is clean; we resend from our ledger instead, so take ours out of its queue.
