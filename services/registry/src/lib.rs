@@ -24,6 +24,7 @@ pub mod authorizer;
 mod cache;
 pub mod cli;
 mod error;
+mod extension;
 mod grpc;
 pub mod model;
 pub mod presence;
@@ -42,6 +43,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use authorizer::{AuthorizerConfig, RegistryAuthorizer, ServiceAccount, ServiceRole};
 pub use error::RegistryError;
+pub use extension::{ApiExtension, ApiGuard};
 pub use model::{
     ApiToken, Device, DeviceChanges, DeviceFilter, IssuedCredentials, IssuedToken, NewDevice, Page, PageRequest,
     PresenceChange, PresenceState,
@@ -105,6 +107,7 @@ pub struct Registry {
     rest_addr: SocketAddr,
     presence: PresenceListener,
     token_required: bool,
+    extension: ApiExtension,
 }
 
 impl Registry {
@@ -132,7 +135,16 @@ impl Registry {
         let rest_addr = local_addr(&rest, config.rest_addr)?;
         let presence = PresenceListener::listen(service.clone()).await?;
         tracing::info!(grpc = %grpc_addr, rest = %rest_addr, token_required, "registry bound");
-        Ok(Registry { service, grpc, rest, grpc_addr, rest_addr, presence, token_required })
+        Ok(Registry {
+            service,
+            grpc,
+            rest,
+            grpc_addr,
+            rest_addr,
+            presence,
+            token_required,
+            extension: ApiExtension::new(),
+        })
     }
 
     pub fn grpc_addr(&self) -> SocketAddr {
@@ -153,10 +165,22 @@ impl Registry {
         &self.service
     }
 
+    /// The API token check these ports use, for the services of an [`ApiExtension`].
+    pub fn api_guard(&self) -> ApiGuard {
+        ApiGuard::new(ApiAccess::new(self.service.clone(), self.token_required))
+    }
+
+    /// Serves `extension`'s REST routes and gRPC services on the registry's ports too (replacing an earlier extension).
+    pub fn with_extension(mut self, extension: ApiExtension) -> Self {
+        self.extension = extension;
+        self
+    }
+
     /// Serves gRPC and REST until `shutdown` is cancelled, then ends presence streams, lets requests in flight
     /// finish, and returns.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), RegistryError> {
-        let Registry { service, grpc, rest, presence, token_required, .. } = self;
+        let Registry { service, grpc, rest, presence, token_required, extension, .. } = self;
+        let ApiExtension { rest: extra_rest, grpc: extra_grpc, grpc_names, openapi: extra_openapi } = extension;
         let access = ApiAccess::new(service.clone(), token_required);
         // If one server fails the other stops too, rather than serving half a registry.
         let stop = shutdown.child_token();
@@ -165,6 +189,9 @@ impl Registry {
         let (health_reporter, health) = tonic_health::server::health_reporter();
         health_reporter.set_serving::<DeviceRegistryServer<GrpcFace>>().await;
         health_reporter.set_serving::<ApiTokensServer<GrpcFace>>().await;
+        for name in grpc_names {
+            health_reporter.set_service_status(name, tonic_health::ServingStatus::Serving).await;
+        }
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(ferrite_proto::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -178,6 +205,7 @@ impl Registry {
             .map_err(|err| RegistryError::Internal(format!("reflection: {err}")))?;
         let face = GrpcFace::new(service.clone(), access.clone());
         let grpc_server = tonic::transport::Server::builder()
+            .add_routes(extra_grpc.routes())
             .add_service(health)
             .add_service(reflection)
             .add_service(reflection_alpha)
@@ -189,7 +217,7 @@ impl Registry {
             stop.cancel();
             result.map_err(|err| RegistryError::Internal(format!("grpc server failed: {err}")))
         };
-        let rest_server = axum::serve(rest, rest::router(service.clone(), access))
+        let rest_server = axum::serve(rest, rest::router(service.clone(), access, extra_rest, extra_openapi))
             .with_graceful_shutdown(stop.clone().cancelled_owned());
         let rest_server = async {
             let result = rest_server.await;

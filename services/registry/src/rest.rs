@@ -123,8 +123,22 @@ struct RestState {
 }
 
 /// The registry's HTTP routes: the API under `/api/v1` (token checked), `/openapi.json`, `/healthz` and `/metrics`.
-pub(crate) fn router(service: RegistryService, access: ApiAccess) -> Router {
+pub(crate) fn router(
+    service: RegistryService,
+    access: ApiAccess,
+    extension: Router,
+    extension_openapi: Option<utoipa::openapi::OpenApi>,
+) -> Router {
     let state = RestState { service, access };
+    let mut document = openapi();
+    if let Some(extra) = extension_openapi {
+        document.merge(extra);
+    }
+    // axum refuses a route layer on a router without routes.
+    let extension = match extension.has_routes() {
+        true => extension.route_layer(axum::middleware::from_fn_with_state(state.clone(), require_token)),
+        false => extension,
+    };
     let api = Router::new()
         .route("/api/v1/devices", get(list_devices).post(create_device))
         .route("/api/v1/devices/{id}", get(get_device).patch(update_device).delete(delete_device))
@@ -134,8 +148,9 @@ pub(crate) fn router(service: RegistryService, access: ApiAccess) -> Router {
         .route("/api/v1/tokens/{id}", axum::routing::delete(revoke_token))
         // A route layer runs only for matched routes, so an unknown path is a 404, not a 401.
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), require_token))
-        .with_state(state);
-    api.route("/openapi.json", get(openapi_json))
+        .with_state(state)
+        .merge(extension);
+    api.route("/openapi.json", get(move || async move { axum::Json(document) }))
         .merge(ferrite_telemetry::metrics_router())
         .fallback(|| async { ApiError::NoRoute })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
@@ -148,10 +163,6 @@ async fn require_token(State(state): State<RestState>, request: Request, next: N
     };
     state.access.check(authorization).await?;
     Ok(next.run(request).await)
-}
-
-async fn openapi_json() -> impl IntoResponse {
-    axum::Json(openapi())
 }
 
 /// The OpenAPI 3 document of the REST API, generated from the handlers below.
