@@ -10,6 +10,7 @@
 //! - `cluster.rs`: [`PgCluster`], which runs `initdb` and `postgres` under a watchdog that stops the server when we die;
 //!   `cluster/install.rs` finds the binaries, `cluster/account.rs` decides which OS user runs them,
 //!   `cluster/pidfile.rs` reads `postmaster.pid`, and `cluster/watchdog.sh` is the watchdog.
+//! - `retention.rs`: [`drop_expired_partitions`], which drops whole expired days of `readings`.
 //! - `error.rs`: [`DbError`].
 //! - The schema itself lives in the workspace's `migrations/` and is compiled into the binary.
 //!
@@ -18,7 +19,9 @@
 mod cluster;
 mod error;
 mod pool;
+pub mod retention;
 
 pub use cluster::PgCluster;
 pub use error::DbError;
 pub use pool::{ACQUIRE_TIMEOUT, MAX_CONNECTIONS, connect, ensure_partitions, migrate, pool_options};
+pub use retention::drop_expired_partitions;

@@ -39,6 +39,8 @@ pub enum Command {
     Token(ferrite_registry::cli::TokenArgs),
     /// Apply the database migrations (to DATABASE_URL, or the private cluster under --data-dir) and exit.
     Migrate(MigrateArgs),
+    /// Benchmark any MQTT broker by URL (fan-in, fan-out, shared, idle) or the running platform (pipeline).
+    Bench(ferrite_bench::BenchArgs),
 }
 
 /// The registry's listeners and access rules.
@@ -70,18 +72,25 @@ impl ApiArgs {
 pub struct GatewayArgs {
     #[command(flatten)]
     pub client: ClientArgs,
-    /// Let browsers beyond loopback publish without a token (`ferrite gateway` alone cannot check API tokens).
+    /// Let browsers beyond loopback publish without a token.
     #[arg(long, env = "FERRITE_ALLOW_ANONYMOUS")]
     pub allow_anonymous: bool,
     /// Dashboard page /, live WebSocket /dashboard, /healthz and /metrics.
     #[arg(long, env = "FERRITE_HTTP_ADDR", default_value = "127.0.0.1:8080")]
     pub http_addr: SocketAddr,
+    /// The registry's PostgreSQL, to check browsers' API tokens; without it a gateway beyond loopback
+    /// needs --allow-anonymous.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
 }
 
 #[derive(Args, Debug, Clone)]
 pub struct RegistryArgs {
     #[command(flatten)]
     pub api: ApiArgs,
+    /// The broker that commands, alerts and live telemetry streams go through (log in as `service:api`).
+    #[command(flatten)]
+    pub client: ClientArgs,
     /// PostgreSQL, e.g. postgres://user:password@host/ferrite.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: String,
@@ -99,6 +108,9 @@ pub struct ServiceSecrets {
     /// Secret of the `service:fleet` MQTT account.
     #[arg(long, env = "FERRITE_SERVICE_SECRET_FLEET", hide_env_values = true)]
     pub fleet_secret: Option<String>,
+    /// Secret of the `service:api` MQTT account (the registry's rules engine, commands and live telemetry).
+    #[arg(long, env = "FERRITE_SERVICE_SECRET_API", hide_env_values = true)]
+    pub api_secret: Option<String>,
 }
 
 impl ServiceSecrets {
@@ -109,6 +121,7 @@ impl ServiceSecrets {
             (ServiceRole::Ingester, &self.ingester_secret),
             (ServiceRole::Gateway, &self.gateway_secret),
             (ServiceRole::Fleet, &self.fleet_secret),
+            (ServiceRole::Api, &self.api_secret),
         ]
         .into_iter()
         .filter_map(|(role, secret)| secret.as_ref().map(|secret| ServiceAccount::new(role, secret.clone())))
@@ -217,12 +230,42 @@ pub struct IngestArgs {
     pub batch_interval: Duration,
 }
 
+/// How long stored readings are kept.
+#[derive(Args, Debug, Clone)]
+pub struct RetentionArgs {
+    /// Drop raw readings older than this, a whole UTC day at a time (e.g. 30d; at least 2d); kept forever when unset.
+    #[arg(long, env = "FERRITE_RETENTION", value_parser = humantime::parse_duration)]
+    pub retention: Option<Duration>,
+    /// With --retention: keep the 1-minute averages (which answer bucketed queries after raw readings are dropped) this long.
+    #[arg(long, env = "FERRITE_ROLLUP_RETENTION", default_value = "1y", value_parser = humantime::parse_duration)]
+    pub rollup_retention: Duration,
+}
+
+impl RetentionArgs {
+    fn check(&self) -> anyhow::Result<()> {
+        if let Some(retention) = self.retention {
+            anyhow::ensure!(
+                retention >= ferrite_query::retention::MIN_RETENTION,
+                "--retention {} is too short: keep at least 2 days",
+                humantime::format_duration(retention)
+            );
+            anyhow::ensure!(
+                self.rollup_retention >= Duration::from_secs(24 * 3600),
+                "--rollup-retention must be at least a day"
+            );
+        }
+        Ok(())
+    }
+}
+
 #[derive(Args, Debug, Clone)]
 pub struct IngesterArgs {
     #[command(flatten)]
     pub client: ClientArgs,
     #[command(flatten)]
     pub ingest: IngestArgs,
+    #[command(flatten)]
+    pub retention: RetentionArgs,
     /// PostgreSQL, e.g. postgres://user:password@host/ferrite.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: String,
@@ -286,6 +329,8 @@ pub struct UpArgs {
     pub data: DataArgs,
     #[command(flatten)]
     pub ingest: IngestArgs,
+    #[command(flatten)]
+    pub retention: RetentionArgs,
     /// Gateway: dashboard page /, live WebSocket /dashboard, /healthz and /metrics for the whole process.
     #[arg(long, env = "FERRITE_HTTP_ADDR", default_value = "127.0.0.1:8080")]
     pub http_addr: SocketAddr,
@@ -312,6 +357,7 @@ impl Cli {
             Command::Up(args) => {
                 check_sim(&args.sim)?;
                 check_ingest(&args.ingest)?;
+                args.retention.check()?;
                 let addrs = [
                     args.listen.mqtt_addr,
                     args.listen.ws_addr,
@@ -326,7 +372,10 @@ impl Cli {
                 }
                 Ok(())
             }
-            Command::Ingester(args) => check_ingest(&args.ingest),
+            Command::Ingester(args) => {
+                check_ingest(&args.ingest)?;
+                args.retention.check()
+            }
             Command::Fleet(args) => {
                 anyhow::ensure!(args.devices > 0, "--devices must be at least 1");
                 check_sim(&args.sim)
@@ -340,7 +389,10 @@ impl Cli {
                 );
                 Ok(())
             }
-            Command::Gateway(args) => check_gateway_exposure(args.http_addr, args.allow_anonymous),
+            Command::Gateway(args) => {
+                check_gateway_exposure(args.http_addr, args.allow_anonymous || args.database_url.is_some())
+            }
+            Command::Bench(args) => args.validate(),
             Command::Registry(_) | Command::Device(_) | Command::Token(_) | Command::Migrate(_) => Ok(()),
         }
     }
@@ -351,8 +403,8 @@ impl Cli {
 fn check_gateway_exposure(addr: SocketAddr, allow_anonymous: bool) -> anyhow::Result<()> {
     anyhow::ensure!(
         addr.ip().is_loopback() || allow_anonymous,
-        "the gateway on {addr} would let any browser publish: `ferrite gateway` cannot check API tokens \
-         (`ferrite up` does), so keep --http-addr on loopback (127.0.0.1) or pass --allow-anonymous"
+        "the gateway on {addr} would let any browser publish: give it DATABASE_URL so that it checks API tokens, \
+         keep --http-addr on loopback (127.0.0.1), or pass --allow-anonymous"
     );
     Ok(())
 }

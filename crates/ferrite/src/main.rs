@@ -8,6 +8,7 @@
 //! - `database`: `DATABASE_URL`, or a private PostgreSQL cluster under the data directory.
 //! - `policy`: API tokens for browser publishes through the gateway, checked against the registry.
 
+mod apis;
 mod cli;
 mod database;
 mod policy;

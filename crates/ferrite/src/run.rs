@@ -19,6 +19,7 @@ use std::sync::Arc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::apis::{self, PlatformApis};
 use crate::cli::{BrokerArgs, Cli, Command, FleetArgs, GatewayArgs, IngesterArgs, MigrateArgs, RegistryArgs, UpArgs};
 use crate::database::Database;
 use crate::shutdown;
@@ -39,6 +40,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Device(args) => ferrite_registry::cli::run_device_command(args, &mut std::io::stdout()).await,
         Command::Token(args) => ferrite_registry::cli::run_token_command(args, &mut std::io::stdout()).await,
         Command::Migrate(args) => migrate(args).await,
+        Command::Bench(args) => bench(args).await,
     }
 }
 
@@ -103,9 +105,11 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     // Our own services log in with accounts whose secrets live only in this process.
     let ingester_login = (ServiceRole::Ingester.username(), random_secret());
     let gateway_login = (ServiceRole::Gateway.username(), random_secret());
+    let api_login = (ServiceRole::Api.username(), random_secret());
     let accounts = vec![
         ServiceAccount::new(ServiceRole::Ingester, ingester_login.1.clone()),
         ServiceAccount::new(ServiceRole::Gateway, gateway_login.1.clone()),
+        ServiceAccount::new(ServiceRole::Api, api_login.1.clone()),
     ];
     let service = RegistryService::new(database.pool.clone());
     let mut broker_config = args.listen.broker_config(&args.data);
@@ -117,6 +121,12 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         .await
         .context("cannot start the registry")?;
     let mqtt_addr = broker.mqtt_addr();
+    let stop_registry = CancellationToken::new();
+    let guard = registry.api_guard();
+    let apis =
+        PlatformApis::bind(&database.pool, local_url(mqtt_addr), Some(api_login), guard, stop_registry.clone()).await?;
+    let (extension, api_tasks) = apis.start();
+    let registry = registry.with_extension(extension);
     let mut gateway_config = ferrite_gateway::Config::new(local_url(mqtt_addr));
     gateway_config.http_addr = args.http_addr;
     gateway_config.credentials = Some(gateway_login);
@@ -130,6 +140,8 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         Ingester::bind(args.ingest.config(broker_url.clone(), Some(ingester_login)), database.pool.clone()).await?;
     let ingest_stats = ingester.stats();
     let http_addr = http.local_addr();
+    let stop_retention = CancellationToken::new();
+    let retention = apis::start_retention(&args.retention, &database.pool, &stop_retention)?;
 
     let stop_broker = CancellationToken::new();
     let stop_ingester = CancellationToken::new();
@@ -144,7 +156,6 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         let token = stop_http.clone();
         async move { http.run(token).await.map_err(anyhow::Error::from) }
     });
-    let stop_registry = CancellationToken::new();
     let registry_task: Task = tokio::spawn({
         let token = stop_registry.clone();
         async move { registry.run(token).await.map_err(anyhow::Error::from) }
@@ -165,6 +176,9 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     }
     println!("  Registry REST   http://{rest_addr}/api/v1/devices  (OpenAPI: http://{rest_addr}/openapi.json)");
     println!("  Registry gRPC   http://{grpc_addr}  (reflection on)");
+    println!(
+        "  Telemetry API   http://{rest_addr}/api/v1/devices/{{id}}/telemetry  (and /latest, /commands; /api/v1/rules, /api/v1/alerts)"
+    );
     println!("  Metrics         http://{http_addr}/metrics");
     println!("  PostgreSQL      {}", database.description);
     println!("  Live WebSocket  ws://{http_addr}/dashboard");
@@ -210,6 +224,11 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     shutdown::join("gateway", http_task).await;
     stop_registry.cancel();
     shutdown::join("registry", registry_task).await;
+    api_tasks.stop().await;
+    stop_retention.cancel();
+    for task in retention {
+        let _ = task.await;
+    }
     stop_broker.cancel();
     if !broker_task.is_finished() {
         shutdown::join("broker", broker_task).await;
@@ -254,9 +273,11 @@ async fn ingester(args: IngesterArgs) -> anyhow::Result<()> {
     let options = args.database_url.parse().context("DATABASE_URL is not a valid PostgreSQL URL")?;
     let pool = ferrite_db::connect(options).await.context("cannot connect to PostgreSQL")?;
     let config = args.ingest.config(args.client.broker_url.clone(), args.client.credentials());
-    let ingester = Ingester::bind(config, pool)
+    let ingester = Ingester::bind(config, pool.clone())
         .await
         .context("the database is not ready for the ingester (has `ferrite migrate` run?)")?;
+    // Every ingester may run retention: dropping a partition is idempotent and the rollup takes a lock.
+    let retention = apis::start_retention(&args.retention, &pool, &shutdown)?;
     let metrics = MetricsServer::bind(args.metrics_addr).await?;
     println!(
         "Ingesting from {} into PostgreSQL; metrics on http://{}/metrics",
@@ -266,6 +287,9 @@ async fn ingester(args: IngesterArgs) -> anyhow::Result<()> {
     let metrics_task = tokio::spawn(metrics.run(shutdown.clone()));
     ingester.run(shutdown).await?;
     shutdown::join("metrics", metrics_task).await;
+    for task in retention {
+        let _ = task.await;
+    }
     Ok(())
 }
 
@@ -292,6 +316,12 @@ async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
     let mut config = ferrite_gateway::Config::new(args.client.broker_url.clone());
     config.http_addr = args.http_addr;
     config.credentials = args.client.credentials();
+    if let Some(url) = &args.database_url {
+        let options = url.parse().context("DATABASE_URL is not a valid PostgreSQL URL")?;
+        let pool = ferrite_db::connect(options).await.context("cannot connect to PostgreSQL")?;
+        config.publish_policy =
+            Arc::new(crate::policy::TokenPolicy::new(RegistryService::new(pool), args.http_addr, args.allow_anonymous));
+    }
     let gateway = ferrite_gateway::Gateway::bind(config).await.context("cannot start the gateway")?;
     println!("Dashboard       http://{}/", gateway.local_addr());
     println!("Live WebSocket  ws://{}/dashboard", gateway.local_addr());
@@ -303,10 +333,20 @@ async fn registry(args: RegistryArgs) -> anyhow::Result<()> {
     let shutdown = shutdown::on_signal();
     let options = args.database_url.parse().context("DATABASE_URL is not a valid PostgreSQL URL")?;
     let pool = ferrite_db::connect(options).await.context("cannot connect to PostgreSQL")?;
-    let registry = Registry::bind(args.api.registry_config(), pool).await.context("cannot start the registry")?;
+    let registry =
+        Registry::bind(args.api.registry_config(), pool.clone()).await.context("cannot start the registry")?;
+    let guard = registry.api_guard();
+    let apis =
+        PlatformApis::bind(&pool, args.client.broker_url.clone(), args.client.credentials(), guard, shutdown.clone())
+            .await?;
+    let (extension, api_tasks) = apis.start();
+    let registry = registry.with_extension(extension);
     println!("Registry REST   http://{}/api/v1/devices", registry.rest_addr());
     println!("Registry gRPC   http://{}", registry.grpc_addr());
-    registry.run(shutdown).await?;
+    println!("Rules, alerts, commands and live telemetry through {}", args.client.broker_url);
+    let result = registry.run(shutdown).await;
+    api_tasks.stop().await;
+    result?;
     Ok(())
 }
 
@@ -315,4 +355,9 @@ async fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
     println!("migrations applied: {}", database.description);
     database.close().await;
     Ok(())
+}
+
+/// `ferrite bench`: the load generator prints its own table (and JSON with --json).
+async fn bench(args: ferrite_bench::BenchArgs) -> anyhow::Result<()> {
+    ferrite_bench::run(args).await
 }

@@ -36,11 +36,14 @@ pub enum ServiceRole {
     Fleet,
     /// Everything; for operators' tools.
     Admin,
+    /// The APIs beside the registry: the rules engine (reads readings, shared or not, and publishes alerts),
+    /// commands (publishes `commands/{id}`, reads the answers) and live telemetry streams.
+    Api,
 }
 
 impl ServiceRole {
-    pub const ALL: [ServiceRole; 4] =
-        [ServiceRole::Ingester, ServiceRole::Gateway, ServiceRole::Fleet, ServiceRole::Admin];
+    pub const ALL: [ServiceRole; 5] =
+        [ServiceRole::Ingester, ServiceRole::Gateway, ServiceRole::Fleet, ServiceRole::Admin, ServiceRole::Api];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -48,6 +51,7 @@ impl ServiceRole {
             ServiceRole::Gateway => "gateway",
             ServiceRole::Fleet => "fleet",
             ServiceRole::Admin => "admin",
+            ServiceRole::Api => "api",
         }
     }
 
@@ -59,6 +63,7 @@ impl ServiceRole {
     fn may_publish(self, topic: &str) -> bool {
         match self {
             ServiceRole::Ingester => covers("alerts/#", topic),
+            ServiceRole::Api => covers("alerts/#", topic) || covers("commands/+", topic),
             ServiceRole::Gateway => !device_owned(topic),
             ServiceRole::Fleet => device_owned(topic),
             ServiceRole::Admin => true,
@@ -71,6 +76,7 @@ impl ServiceRole {
             ServiceRole::Ingester => &["sensors/#", "devices/#", "commands/+/response"],
             ServiceRole::Gateway | ServiceRole::Admin => &["#"],
             ServiceRole::Fleet => &["commands/#"],
+            ServiceRole::Api => &["sensors/#", "commands/+/response"],
         };
         patterns.iter().any(|pattern| covers(pattern, filter))
     }
@@ -88,7 +94,7 @@ impl FromStr for ServiceRole {
         ServiceRole::ALL
             .into_iter()
             .find(|role| role.as_str() == s)
-            .ok_or_else(|| format!("unknown service role {s:?}: expected ingester, gateway, fleet or admin"))
+            .ok_or_else(|| format!("unknown service role {s:?}: expected ingester, gateway, fleet, admin or api"))
     }
 }
 
@@ -444,6 +450,17 @@ mod tests {
             &[("commands/sim-0001", true), ("sensors/#", false)],
         );
         role_checks(ServiceRole::Admin, &[("anything", true)], &[("#", true)]);
+        role_checks(
+            ServiceRole::Api,
+            &[("commands/d1", true), ("alerts/d1", true), ("commands/d1/response", false), ("sensors/d1/t", false)],
+            &[
+                ("$share/rules/sensors/#", true),
+                ("sensors/d1/+", true),
+                ("commands/+/response", true),
+                ("devices/#", false),
+            ],
+        );
+        assert_eq!("api".parse::<ServiceRole>(), Ok(ServiceRole::Api));
         assert_eq!("fleet".parse::<ServiceRole>(), Ok(ServiceRole::Fleet));
         assert!("root".parse::<ServiceRole>().is_err());
     }

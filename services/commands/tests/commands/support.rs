@@ -1,0 +1,261 @@
+//! Fixtures: a platform (database, broker, ingester, registry with the commands API, command service),
+//! fleet devices, a raw MQTT device, and a small HTTP client.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use anyhow::{Context, bail};
+use bytes::Bytes;
+use ferrite_commands::{CommandStats, Commands};
+use ferrite_fleet::Fleet;
+use ferrite_ingester::Ingester;
+use ferrite_mqtt::{Event, Message, PublishProperties, QoS, Session, SessionConfig};
+use ferrite_registry::{ApiExtension, Config, Registry};
+use ferrite_testkit::{TestBroker, TestDb, WAIT_DEADLINE, wait_for};
+use http_body_util::{BodyExt, Full};
+use serde_json::Value;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// A unique number per call, for client ids and device numbers.
+pub fn unique() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+/// Everything a command needs, in this process.
+pub struct Platform {
+    pub db: TestDb,
+    pub broker: TestBroker,
+    pub rest: SocketAddr,
+    pub grpc: SocketAddr,
+    pub stats: Arc<CommandStats>,
+    stop: CancellationToken,
+}
+
+impl Platform {
+    pub async fn start() -> anyhow::Result<Platform> {
+        let db = TestDb::new().await?;
+        let broker = TestBroker::start().await?;
+        let stop = CancellationToken::new();
+
+        let ingester = Ingester::bind(ferrite_ingester::Config::new(broker.url()), db.pool().clone()).await?;
+        let ingested = ingester.stats();
+        tokio::spawn(ingester.run(stop.clone()));
+
+        let config = Config {
+            grpc_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            rest_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            ..Config::default()
+        };
+        let registry = Registry::bind(config, db.pool().clone()).await?;
+        let mut commands_config = ferrite_commands::Config::new(broker.url());
+        commands_config.client_id = format!("commands-test-{}", unique());
+        let commands = Commands::bind(commands_config, db.pool().clone())?;
+        let service = commands.service();
+        let stats = service.stats();
+        let extension = ApiExtension::new()
+            .rest(ferrite_commands::router(service.clone()))
+            .grpc(ferrite_commands::grpc(service, registry.api_guard()))
+            .openapi(ferrite_commands::openapi());
+        let registry = registry.with_extension(extension);
+        let (rest, grpc) = (registry.rest_addr(), registry.grpc_addr());
+        tokio::spawn(registry.run(stop.clone()));
+        tokio::spawn(commands.run(stop.clone()));
+
+        wait_for("the ingester's and the command service's subscriptions", || {
+            let (ingested, stats) = (ingested.clone(), stats.clone());
+            async move { ingested.subscribed.load(Ordering::Relaxed) && stats.subscribed.load(Ordering::Relaxed) }
+        })
+        .await?;
+        Ok(Platform { db, broker, rest, grpc, stats, stop })
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.rest)
+    }
+
+    pub async fn channel(&self) -> anyhow::Result<tonic::transport::Channel> {
+        Ok(tonic::transport::Endpoint::from_shared(format!("http://{}", self.grpc))?.connect().await?)
+    }
+
+    /// Waits until the ingester has recorded `device` as online (or offline).
+    pub async fn wait_presence(&self, device: &str, online: bool) -> anyhow::Result<()> {
+        let pool = self.db.pool().clone();
+        wait_for(&format!("{device} to be {}", if online { "online" } else { "offline" }), || {
+            let pool = pool.clone();
+            async move {
+                let now: Option<bool> = sqlx::query_scalar("select online from presence where device_id = $1")
+                    .bind(device)
+                    .fetch_optional(&pool)
+                    .await
+                    .ok()
+                    .flatten();
+                now == Some(online)
+            }
+        })
+        .await
+    }
+
+    /// Sends a command over REST.
+    pub async fn send(&self, device: &str, body: Value) -> anyhow::Result<HttpResponse> {
+        http("POST", &self.url(&format!("/api/v1/devices/{device}/commands")), Some(&body)).await
+    }
+
+    /// Waits until a command reaches `state`; returns it.
+    pub async fn wait_command(&self, id: &str, state: &str) -> anyhow::Result<Value> {
+        let url = self.url(&format!("/api/v1/commands/{id}"));
+        let mut last = Value::Null;
+        let deadline = tokio::time::Instant::now() + WAIT_DEADLINE;
+        while tokio::time::Instant::now() < deadline {
+            last = http("GET", &url, None).await?.json();
+            if last["state"] == state {
+                return Ok(last);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        bail!("command {id} never reached {state}; last seen {last}")
+    }
+}
+
+impl Drop for Platform {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// A simulated fleet of one device.
+pub struct FleetDevice {
+    pub id: String,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl FleetDevice {
+    /// Starts fleet device `{prefix}-{number:04}` on the platform's broker.
+    pub fn start(platform: &Platform, prefix: &str, number: usize) -> anyhow::Result<FleetDevice> {
+        let mut config = ferrite_fleet::Config::new(platform.broker.url(), 1);
+        config.prefix = prefix.to_owned();
+        config.first = number;
+        let id = config.device_id(0);
+        let fleet = Fleet::bind(config)?;
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(fleet.run(stop.clone()));
+        Ok(FleetDevice { id, stop, task })
+    }
+
+    /// Stops the device as the fleet does at shutdown: it says `offline` and disconnects, keeping its session.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.stop.cancel();
+        tokio::time::timeout(WAIT_DEADLINE, self.task).await.context("the fleet did not stop")???;
+        Ok(())
+    }
+}
+
+/// A device that receives commands and answers only when told to.
+pub struct RawDevice {
+    pub session: Session,
+    events: mpsc::Receiver<Event>,
+}
+
+impl RawDevice {
+    /// Connects, subscribes to `commands/{id}` and announces itself online (the ingester records that).
+    pub async fn start(platform: &Platform, id: &str) -> anyhow::Result<RawDevice> {
+        let mut config = SessionConfig::new(platform.broker.url(), id);
+        config.subscriptions = vec![(format!("commands/{id}"), QoS::AtLeastOnce)];
+        let (session, mut events) = Session::start(config);
+        tokio::time::timeout(WAIT_DEADLINE, async {
+            loop {
+                match events.recv().await {
+                    Some(Event::Subscribed { refused: 0 }) => return Ok(()),
+                    Some(Event::Subscribed { refused }) => bail!("the broker refused {refused} filters"),
+                    Some(_) => {}
+                    None => bail!("the session ended"),
+                }
+            }
+        })
+        .await
+        .context("no answer to subscribing")??;
+        session.publish(format!("devices/{id}/status"), QoS::AtLeastOnce, true, "online", None).await?;
+        platform.wait_presence(id, true).await?;
+        Ok(RawDevice { session, events })
+    }
+
+    /// The next command delivered to this device.
+    pub async fn next_command(&mut self) -> anyhow::Result<Message> {
+        tokio::time::timeout(WAIT_DEADLINE, async {
+            loop {
+                match self.events.recv().await {
+                    Some(Event::Message(message)) => return Ok(message),
+                    Some(_) => {}
+                    None => bail!("the session ended"),
+                }
+            }
+        })
+        .await
+        .context("no command arrived")?
+    }
+
+    /// Publishes a response on `topic`, with correlation data when given.
+    pub async fn respond(&self, topic: &str, correlation: Option<Bytes>, body: &Value) -> anyhow::Result<()> {
+        let properties =
+            correlation.map(|data| PublishProperties { correlation_data: Some(data), ..Default::default() });
+        self.session.publish(topic, QoS::AtLeastOnce, false, body.to_string(), properties).await?;
+        Ok(())
+    }
+}
+
+/// An HTTP response, read to the end.
+#[derive(Debug)]
+pub struct HttpResponse {
+    pub status: u16,
+    pub headers: hyper::HeaderMap,
+    pub body: Vec<u8>,
+}
+
+impl HttpResponse {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|err| {
+            panic!("status {} body is not JSON ({err}): {}", self.status, String::from_utf8_lossy(&self.body))
+        })
+    }
+
+    /// Asserts the status and returns the JSON body.
+    #[track_caller]
+    pub fn expect(&self, status: u16) -> Value {
+        assert_eq!(self.status, status, "body: {}", String::from_utf8_lossy(&self.body));
+        self.json()
+    }
+
+    /// Asserts the status and that the body is `{"error": "<non-empty>"}`; returns the message.
+    #[track_caller]
+    pub fn expect_error(&self, status: u16) -> String {
+        assert_eq!(self.status, status, "body: {}", String::from_utf8_lossy(&self.body));
+        let content_type = self.headers.get("content-type").and_then(|value| value.to_str().ok());
+        assert_eq!(content_type, Some("application/json"), "status {status}");
+        let body = self.json();
+        let message = body["error"].as_str().unwrap_or_else(|| panic!("no error message in {body}"));
+        assert!(!message.is_empty());
+        assert_eq!(body.as_object().map(|object| object.len()), Some(1), "only `error` in {body}");
+        message.to_owned()
+    }
+}
+
+/// One HTTP/1.1 request over a real socket, with a JSON body when given.
+pub async fn http(method: &str, url: &str, body: Option<&Value>) -> anyhow::Result<HttpResponse> {
+    let client =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let request = hyper::Request::builder().method(method).uri(url);
+    let request = match body {
+        Some(body) => {
+            request.header("content-type", "application/json").body(Full::new(Bytes::from(body.to_string())))?
+        }
+        None => request.body(Full::new(Bytes::new()))?,
+    };
+    let response = client.request(request).await?;
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let body = response.into_body().collect().await?.to_bytes().to_vec();
+    Ok(HttpResponse { status, headers, body })
+}

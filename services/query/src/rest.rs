@@ -1,0 +1,199 @@
+//! The REST face: `GET /api/v1/devices/{id}/telemetry` and `GET /api/v1/devices/{id}/latest` over
+//! [`TelemetryService`], their OpenAPI description, and the one conversion of every error into `{"error": "..."}`.
+//!
+//! The registry serves these routes behind its token check (an [`ferrite_registry::ApiExtension`]).
+
+use axum::Router;
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{FromRequestParts, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use chrono::{DateTime, Utc};
+use ferrite_core::DeviceId;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, OpenApi, ToSchema};
+
+use crate::model::{Aggregate, LatestValue, Point, QueryParams, RangeQuery, parse_bucket, parse_instant};
+use crate::{QueryError, TelemetryService};
+
+/// Everything a handler can fail with: our errors and the framework's rejections.
+#[derive(Debug)]
+pub(crate) enum ApiError {
+    Query(QueryError),
+    /// A request axum could not take apart (a bad query string), with axum's status.
+    Rejected(StatusCode, String),
+}
+
+/// The body of every error response.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: String,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, message) = match self {
+            ApiError::Query(err) => {
+                err.log_if_internal();
+                let status = match &err {
+                    QueryError::InvalidArgument(_) => StatusCode::BAD_REQUEST,
+                    QueryError::DeviceNotFound(_) => StatusCode::NOT_FOUND,
+                    QueryError::LiveUnavailable | QueryError::Database(_) => StatusCode::SERVICE_UNAVAILABLE,
+                    QueryError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+                };
+                (status, err.public_message())
+            }
+            ApiError::Rejected(status, message) => (status, message),
+        };
+        (status, axum::Json(ErrorBody { error: message })).into_response()
+    }
+}
+
+impl From<QueryError> for ApiError {
+    fn from(err: QueryError) -> Self {
+        ApiError::Query(err)
+    }
+}
+
+impl From<PathRejection> for ApiError {
+    fn from(rejection: PathRejection) -> Self {
+        ApiError::Rejected(rejection.status(), rejection.body_text())
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(rejection: QueryRejection) -> Self {
+        ApiError::Rejected(rejection.status(), rejection.body_text())
+    }
+}
+
+/// `axum::extract::Path` whose rejections are our JSON errors.
+#[derive(FromRequestParts)]
+#[from_request(via(axum::extract::Path), rejection(ApiError))]
+struct Path<T>(T);
+
+/// `axum::extract::Query` whose rejections are our JSON errors.
+#[derive(FromRequestParts)]
+#[from_request(via(axum::extract::Query), rejection(ApiError))]
+struct Query<T>(T);
+
+/// The telemetry routes with their full paths, ready to merge into the registry's router.
+pub(crate) fn router(service: TelemetryService) -> Router {
+    Router::new()
+        .route("/api/v1/devices/{id}/telemetry", get(telemetry))
+        .route("/api/v1/devices/{id}/latest", get(latest))
+        .with_state(service)
+}
+
+/// The OpenAPI description of these routes, merged into the registry's `/openapi.json`.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    ApiDoc::openapi()
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    paths(telemetry, latest),
+    components(schemas(TelemetryPage, LatestPage, Point, LatestValue, Aggregate, ErrorBody))
+)]
+struct ApiDoc;
+
+/// Query of `GET /api/v1/devices/{id}/telemetry`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+struct TelemetryQuery {
+    /// One metric; all metrics of the device when absent.
+    metric: Option<String>,
+    /// Start (inclusive): RFC 3339 or epoch milliseconds; default `to` minus one hour.
+    from: Option<String>,
+    /// End (exclusive): RFC 3339 or epoch milliseconds; default now.
+    to: Option<String>,
+    /// Bucket width (`10s`, `1m`, `1h`, `1d`); raw readings when absent. At most 10,000 buckets in the range.
+    bucket: Option<String>,
+    /// Aggregate per bucket: avg (default), min, max, sum, count, first, last. Only with `bucket`.
+    agg: Option<String>,
+    /// Points per page (default 1000, at most 10000).
+    limit: Option<u32>,
+    /// `nextCursor` of the previous page of the same query.
+    cursor: Option<String>,
+}
+
+/// One page of readings or buckets, in (metric, ts) order.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+struct TelemetryPage {
+    device_id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    metric: Option<String>,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    /// The bucket width in humantime form (`1m`); absent for raw readings.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    bucket: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    agg: Option<Aggregate>,
+    points: Vec<Point>,
+    /// Pass it as `cursor` for the next page; absent on the last page.
+    next_cursor: Option<String>,
+}
+
+/// The newest reading of every metric of a device, sorted by metric.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+struct LatestPage {
+    device_id: String,
+    values: Vec<LatestValue>,
+}
+
+/// A device's readings over a time range, raw or aggregated per bucket (computed in PostgreSQL), a page at a time.
+///
+/// A device that is registered (or has sent readings) but has none in the range gets an empty list;
+/// a device that is neither is a 404.
+#[utoipa::path(get, path = "/api/v1/devices/{id}/telemetry", params(("id" = String, Path), TelemetryQuery),
+    responses((status = 200, body = TelemetryPage), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+    (status = 404, body = ErrorBody)))]
+async fn telemetry(
+    State(service): State<TelemetryService>,
+    Path(id): Path<String>,
+    Query(query): Query<TelemetryQuery>,
+) -> Result<axum::Json<TelemetryPage>, ApiError> {
+    let given = |value: Option<String>| value.filter(|value| !value.trim().is_empty());
+    let params = QueryParams {
+        device: id,
+        metric: given(query.metric),
+        from: given(query.from).map(|text| parse_instant("from", &text)).transpose()?,
+        to: given(query.to).map(|text| parse_instant("to", &text)).transpose()?,
+        bucket: given(query.bucket).map(|text| parse_bucket(&text)).transpose()?,
+        agg: given(query.agg).map(|text| text.parse()).transpose()?,
+        limit: query.limit,
+        cursor: given(query.cursor),
+    };
+    let query = RangeQuery::new(params, Utc::now())?;
+    let page = service.query(&query).await?;
+    Ok(axum::Json(TelemetryPage {
+        device_id: query.device.to_string(),
+        metric: query.metric.clone(),
+        from: query.from,
+        to: query.to,
+        bucket: query
+            .bucket
+            .and_then(|bucket| bucket.width.to_std().ok())
+            .map(|width| humantime::format_duration(width).to_string()),
+        agg: query.bucket.map(|bucket| bucket.agg),
+        points: page.points,
+        next_cursor: page.next_cursor,
+    }))
+}
+
+/// The newest reading of every metric of a device (from the latest-values table, not the readings).
+#[utoipa::path(get, path = "/api/v1/devices/{id}/latest", params(("id" = String, Path)),
+    responses((status = 200, body = LatestPage), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+    (status = 404, body = ErrorBody)))]
+async fn latest(
+    State(service): State<TelemetryService>,
+    Path(id): Path<String>,
+) -> Result<axum::Json<LatestPage>, ApiError> {
+    let device = DeviceId::new(id).map_err(QueryError::from)?;
+    let values = service.latest(&device).await?;
+    Ok(axum::Json(LatestPage { device_id: device.to_string(), values }))
+}

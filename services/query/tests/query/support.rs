@@ -1,0 +1,175 @@
+//! Fixtures: a registry serving the telemetry extension over a fresh database, readings written as the ingester
+//! writes them, and a small HTTP client.
+
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use ferrite_proto::v1::telemetry_client::TelemetryClient;
+use ferrite_query::{LiveFeed, Telemetry};
+use ferrite_registry::{Config, Registry};
+use ferrite_testkit::TestDb;
+use http_body_util::{BodyExt, Full};
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::{Channel, Endpoint};
+
+pub fn at(text: &str) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(text).expect("test times are valid").with_timezone(&Utc)
+}
+
+/// Stores readings `(device, metric, ts, value)` as the ingester does, with the latest value per metric
+/// and the device registered.
+pub async fn insert_readings(pool: &PgPool, readings: &[(&str, &str, DateTime<Utc>, f64)]) -> anyhow::Result<()> {
+    let mut tx = pool.begin().await?;
+    for (device, metric, ts, value) in readings {
+        sqlx::query("insert into devices (id, auto_registered) values ($1, true) on conflict do nothing")
+            .bind(device)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("insert into readings (device_id, metric, ts, value, unit) values ($1, $2, $3, $4, 'u')")
+            .bind(device)
+            .bind(metric)
+            .bind(ts)
+            .bind(value)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "insert into latest_readings (device_id, metric, ts, value, unit) values ($1, $2, $3, $4, 'u')
+             on conflict (device_id, metric) do update set ts = excluded.ts, value = excluded.value
+             where latest_readings.ts < excluded.ts",
+        )
+        .bind(device)
+        .bind(metric)
+        .bind(ts)
+        .bind(value)
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+/// A registry with the telemetry extension on loopback port 0 over a fresh database, stopped when dropped.
+pub struct TestApp {
+    pub db: TestDb,
+    pub grpc: SocketAddr,
+    pub rest: SocketAddr,
+    pub registry: ferrite_registry::RegistryService,
+    stop: CancellationToken,
+    task: Option<tokio::task::JoinHandle<Result<(), ferrite_registry::RegistryError>>>,
+}
+
+impl TestApp {
+    pub async fn start(require_token: bool) -> anyhow::Result<TestApp> {
+        Self::start_with(require_token, None).await
+    }
+
+    pub async fn start_with(require_token: bool, live: Option<LiveFeed>) -> anyhow::Result<TestApp> {
+        let db = TestDb::new().await?;
+        let config = Config {
+            grpc_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            rest_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            require_token,
+            ..Config::default()
+        };
+        let registry = Registry::bind(config, db.pool().clone()).await?;
+        let mut telemetry = Telemetry::new(db.pool().clone());
+        if let Some(live) = live {
+            telemetry = telemetry.with_live(live);
+        }
+        let registry = {
+            let extension = telemetry.extension(registry.api_guard());
+            registry.with_extension(extension)
+        };
+        let (grpc, rest, service) = (registry.grpc_addr(), registry.rest_addr(), registry.service().clone());
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(registry.run(stop.clone()));
+        Ok(TestApp { db, grpc, rest, registry: service, stop, task: Some(task) })
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        self.db.pool()
+    }
+
+    pub async fn telemetry(&self) -> anyhow::Result<TelemetryClient<Channel>> {
+        let channel = Endpoint::from_shared(format!("http://{}", self.grpc))?.connect().await?;
+        Ok(TelemetryClient::new(channel))
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.rest)
+    }
+
+    /// GET `path` (with its query string) and the response read to the end.
+    pub async fn get(&self, path: &str) -> anyhow::Result<HttpResponse> {
+        http(&self.url(path), None).await
+    }
+
+    /// Stops serving and waits until both servers have returned.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        self.stop.cancel();
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(ferrite_testkit::WAIT_DEADLINE, task).await???;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// An HTTP response, read to the end.
+#[derive(Debug)]
+pub struct HttpResponse {
+    pub status: u16,
+    pub headers: hyper::HeaderMap,
+    pub body: Vec<u8>,
+}
+
+impl HttpResponse {
+    #[track_caller]
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|err| {
+            panic!("status {} body is not JSON ({err}): {}", self.status, String::from_utf8_lossy(&self.body))
+        })
+    }
+
+    /// Asserts status 200 and returns the JSON body.
+    #[track_caller]
+    pub fn ok(&self) -> serde_json::Value {
+        assert_eq!(self.status, 200, "body: {}", String::from_utf8_lossy(&self.body));
+        self.json()
+    }
+
+    /// Asserts the status and that the body is `{"error": "<non-empty>"}`; returns the message.
+    #[track_caller]
+    pub fn expect_error(&self, status: u16) -> String {
+        assert_eq!(self.status, status, "body: {}", String::from_utf8_lossy(&self.body));
+        let content_type = self.headers.get("content-type").and_then(|value| value.to_str().ok());
+        assert_eq!(content_type, Some("application/json"), "status {status}");
+        let body = self.json();
+        let message = body["error"].as_str().unwrap_or_else(|| panic!("no error message in {body}"));
+        assert!(!message.is_empty());
+        assert_eq!(body.as_object().map(|object| object.len()), Some(1), "only `error` in {body}");
+        message.to_owned()
+    }
+}
+
+/// One HTTP/1.1 GET over a real socket, with a bearer token when given.
+pub async fn http(url: &str, token: Option<&str>) -> anyhow::Result<HttpResponse> {
+    let client =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let mut request = hyper::Request::builder().method("GET").uri(url);
+    if let Some(token) = token {
+        request = request.header("authorization", format!("Bearer {token}"));
+    }
+    let response = client.request(request.body(Full::new(Bytes::new()))?).await?;
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let body = response.into_body().collect().await?.to_bytes().to_vec();
+    Ok(HttpResponse { status, headers, body })
+}
