@@ -4,8 +4,11 @@
 Every YAML file parses; the compose file keeps the rules the stack relies on (scalable ingester, health checks,
 migrations first); Prometheus scrapes the ports the services listen on; the collector's pipelines use components it
 defines; the Grafana dashboard parses, uses a provisioned data source, and asks only for metrics the code records;
-Mosquitto's accounts match the compose env file; the Dockerfile builds with the documented cargo command.
-Rendered Kubernetes manifests given as arguments are checked for dangling references, probes and resources.
+Mosquitto's accounts match the compose env file; every service account the broker knows (FERRITE_SERVICE_SECRET_* in
+crates/ferrite/src/cli.rs) has its secret wherever the others have theirs and is used by the service that should use it;
+the Dockerfile builds with the documented cargo command.
+Rendered Kubernetes manifests given as arguments are checked for dangling references, probes and resources, and
+for the same service accounts.
 Prints one line per failed check and exits 1 if any failed.
 """
 
@@ -23,6 +26,8 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
 BUILD_COMMAND = "cargo build --release --locked -p ferrite"
 FERRITE_SERVICES = ["broker", "ingester", "registry", "gateway", "fleet"]
+# Which service logs in to MQTT with which service account (`service:<role>`, services/registry/src/authorizer.rs).
+MQTT_ROLE_OF_SERVICE = {"ingester": "ingester", "gateway": "gateway", "fleet": "fleet", "registry": "api"}
 
 failures = []
 
@@ -170,15 +175,76 @@ def check_grafana():
         print(f"ok   {path.name}: valid JSON, {len(dashboard.get('panels', []))} panels, {len(used)} Ferrite metrics, all recorded")
 
 
-def check_mosquitto():
+def service_roles():
+    """The broker's service accounts, lower case (ingester, gateway, ...): one FERRITE_SERVICE_SECRET_<ROLE> each."""
+    cli = (ROOT / "crates/ferrite/src/cli.rs").read_text()
+    roles = sorted({role.lower() for role in re.findall(r'env = "FERRITE_SERVICE_SECRET_([A-Z_]+)"', cli)})
+    if not roles:
+        fail("crates/ferrite/src/cli.rs names no FERRITE_SERVICE_SECRET_* variable: update deploy/validate.py")
+    for role in MQTT_ROLE_OF_SERVICE.values():
+        if role not in roles:
+            fail(f"deploy/validate.py expects a service:{role} account, but crates/ferrite/src/cli.rs has no "
+                 f"FERRITE_SERVICE_SECRET_{role.upper()}")
+    return roles
+
+
+def secret_variable(role):
+    return f"FERRITE_SERVICE_SECRET_{role.upper()}"
+
+
+def check_mosquitto(roles):
+    expected = {f"ferrite-{role}" for role in roles}
     acl_users = set(re.findall(r"^user (\S+)", (DEPLOY / "mosquitto/acl.conf").read_text(), re.M))
-    start_users = set(re.findall(r"mosquitto_passwd .*?\"\$passwd\" (\S+)", (DEPLOY / "mosquitto/start.sh").read_text()))
+    start = (DEPLOY / "mosquitto/start.sh").read_text()
+    start_lines = dict(re.findall(r'mosquitto_passwd .*?"\$passwd" (\S+) "\$\{(\w+):', start))
     env_users = set(re.findall(r"_MQTT_USERNAME=(\S+)", (DEPLOY / "compose/mosquitto.env").read_text()))
-    if not (acl_users == start_users == env_users and len(acl_users) == 3):
-        fail(f"Mosquitto accounts disagree: acl.conf {sorted(acl_users)}, start.sh {sorted(start_users)}, "
-             f"mosquitto.env {sorted(env_users)}")
-    else:
-        print(f"ok   Mosquitto accounts agree: {', '.join(sorted(acl_users))}")
+    if not (acl_users == set(start_lines) == env_users == expected):
+        fail(f"Mosquitto accounts disagree: acl.conf {sorted(acl_users)}, start.sh {sorted(start_lines)}, "
+             f"mosquitto.env {sorted(env_users)}, the broker's service accounts {sorted(expected)}")
+        return
+    for user, variable in start_lines.items():
+        if variable != secret_variable(user.removeprefix("ferrite-")):
+            fail(f"deploy/mosquitto/start.sh gives {user} the password {variable}")
+    print(f"ok   Mosquitto accounts agree: {', '.join(sorted(acl_users))}")
+
+
+def check_compose_accounts(roles):
+    """Both brokers get every secret with the same default; each client logs in as its role with that role's secret."""
+    (compose,) = load_yaml(ROOT / "docker-compose.yml") or [None]
+    if not compose:
+        return
+    services = compose["services"]
+    defaults = {}
+    for broker in ("broker", "mosquitto"):
+        environment = services.get(broker, {}).get("environment", {})
+        for role in roles:
+            variable = secret_variable(role)
+            match = re.fullmatch(r"\$\{%s:-(.+)\}" % variable, str(environment.get(variable, "")))
+            if not match:
+                fail(f"compose service {broker} does not set {variable}: ${{{variable}:-<local default>}}")
+            elif defaults.setdefault(role, match.group(1)) != match.group(1):
+                fail(f"compose services broker and {broker} default {variable} differently")
+    env_file = (DEPLOY / "compose/mosquitto.env").read_text()
+    for name, role in MQTT_ROLE_OF_SERVICE.items():
+        service = services.get(name, {})
+        environment = service.get("environment", {})
+        username = re.fullmatch(r"\$\{(FERRITE_\w+_MQTT_USERNAME):-service:(\w+)\}",
+                                str(environment.get("FERRITE_MQTT_USERNAME", "")))
+        if not username or username.group(2) != role:
+            fail(f"compose service {name} does not log in as service:{role} "
+                 f"(FERRITE_MQTT_USERNAME: ${{FERRITE_<X>_MQTT_USERNAME:-service:{role}}})")
+        elif not re.search(r"^%s=ferrite-%s$" % (username.group(1), role), env_file, re.M):
+            fail(f"deploy/compose/mosquitto.env does not set {username.group(1)}=ferrite-{role}")
+        password = "${%s:-%s}" % (secret_variable(role), defaults.get(role, ""))
+        if str(environment.get("FERRITE_MQTT_PASSWORD", "")) != password:
+            fail(f"compose service {name}'s FERRITE_MQTT_PASSWORD is not {password}")
+        if service.get("depends_on", {}).get("broker", {}).get("condition") != "service_healthy":
+            fail(f"compose service {name} talks MQTT but does not wait for the broker's health check")
+    example = (ROOT / ".env.example").read_text()
+    for role in roles:
+        if not re.search(r"^%s=" % secret_variable(role), example, re.M):
+            fail(f".env.example does not list {secret_variable(role)}")
+    print(f"ok   compose service accounts: {', '.join(roles)} (broker, mosquitto, clients, mosquitto.env, .env.example)")
 
 
 def check_dockerfile():
@@ -195,8 +261,9 @@ def check_dockerfile():
     print(f"ok   Dockerfile: `{BUILD_COMMAND}`, non-root, entrypoint ferrite")
 
 
-def check_kubernetes(path):
-    """What a schema cannot see in a rendered kustomization: references resolve, and every container is managed."""
+def check_kubernetes(path, roles):
+    """What a schema cannot see in a rendered kustomization: references resolve, every container is managed,
+    the broker knows every service account and each client logs in with its own."""
     docs = [doc for doc in load_yaml(path) if doc]
     by_kind = {}
     for doc in docs:
@@ -221,23 +288,40 @@ def check_kubernetes(path):
                     ref = (variable.get("valueFrom") or {}).get("secretKeyRef")
                     if ref and ref["key"] not in secrets.get(ref["name"], set()):
                         fail(f"{where} reads key {ref['key']} of Secret {ref['name']}, which does not exist")
+                env = {variable["name"]: variable for variable in container.get("env", [])}
+                command = (container.get("args") or [None])[0]
+                if command == "broker":
+                    for role in roles:
+                        ref = (env.get(secret_variable(role), {}).get("valueFrom") or {}).get("secretKeyRef") or {}
+                        if ref.get("key") != secret_variable(role):
+                            fail(f"{where} does not read {secret_variable(role)} from the Secret")
+                role = MQTT_ROLE_OF_SERVICE.get(command)
+                if role:
+                    ref = (env.get("FERRITE_MQTT_PASSWORD", {}).get("valueFrom") or {}).get("secretKeyRef") or {}
+                    if env.get("FERRITE_MQTT_USERNAME", {}).get("value") != f"service:{role}" \
+                            or ref.get("key") != secret_variable(role):
+                        fail(f"{where} does not log in as service:{role} with {secret_variable(role)} "
+                             "(FERRITE_MQTT_USERNAME, FERRITE_MQTT_PASSWORD)")
     for name, doc in by_kind.get("HorizontalPodAutoscaler", {}).items():
         target = doc["spec"]["scaleTargetRef"]
         if target["name"] not in by_kind.get(target["kind"], {}):
             fail(f"{path.name}: HorizontalPodAutoscaler {name} scales {target['kind']} {target['name']}, which does not exist")
-    print(f"ok   {path.name}: references resolve; every container has resources (and probes, but for Jobs)")
+    print(f"ok   {path.name}: references resolve; every container has resources (and probes, but for Jobs); "
+          f"service accounts: broker knows {', '.join(roles)}, clients log in as their own")
 
 
 def main():
+    roles = service_roles()
     for rendered in sys.argv[1:]:
-        check_kubernetes(pathlib.Path(rendered))
+        check_kubernetes(pathlib.Path(rendered), roles)
     check_all_yaml()
     ports = check_compose()
     if ports:
         check_prometheus(ports)
+    check_compose_accounts(roles)
     check_collector()
     check_grafana()
-    check_mosquitto()
+    check_mosquitto(roles)
     check_dockerfile()
     if failures:
         print(f"{len(failures)} deploy check(s) failed")

@@ -5,7 +5,8 @@
 #      (schemas bundled in the package, so it works offline) against the newest and an older Kubernetes;
 #   3. deploy/validate.py: the rendered manifests' references resolve and every container has probes and resources;
 #      every YAML parses, the Grafana dashboard JSON parses and asks only for recorded metrics,
-#      Prometheus scrapes the right ports, the collector's pipelines are complete, the Dockerfile's build command;
+#      Prometheus scrapes the right ports, the collector's pipelines are complete, the Dockerfile's build command,
+#      every service account (FERRITE_SERVICE_SECRET_* in crates/ferrite/src/cli.rs) reaches the brokers and its client;
 #   4. the shell scripts parse.
 # Needs: docker-compose (apt install docker-compose) or the Compose v2 plugin, kubectl with kustomize or kustomize itself,
 # kubernetes-validate (pip install kubernetes-validate), PyYAML.
