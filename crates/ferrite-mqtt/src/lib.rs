@@ -21,4 +21,4 @@ pub mod session;
 pub use config::{BrokerUrl, SessionConfig, UrlError};
 pub use rumqttc::v5::mqttbytes::QoS;
 pub use rumqttc::v5::mqttbytes::v5::{Filter, LastWill, Publish, PublishProperties, RetainForwardRule};
-pub use session::{Event, Message, Session, SessionError};
+pub use session::{Event, Message, Session, SessionError, user_properties};

@@ -59,6 +59,17 @@ impl Message {
     pub fn user_properties(&self) -> &[(String, String)] {
         self.publish.properties.as_ref().map(|p| p.user_properties.as_slice()).unwrap_or_default()
     }
+
+    /// The value of the first user property named `name` (e.g. `traceparent`).
+    pub fn user_property(&self, name: &str) -> Option<&str> {
+        self.user_properties().iter().find(|(key, _)| key == name).map(|(_, value)| value.as_str())
+    }
+}
+
+/// Publish properties holding only `user_properties` (e.g. a trace context), or `None` when there are none,
+/// so a publish without them carries no properties at all and [`Session::publish`] clones nothing on resend.
+pub fn user_properties(user_properties: Vec<(String, String)>) -> Option<PublishProperties> {
+    (!user_properties.is_empty()).then(|| PublishProperties { user_properties, ..PublishProperties::default() })
 }
 
 /// Why a session call failed.

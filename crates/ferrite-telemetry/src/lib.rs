@@ -5,6 +5,14 @@
 //!   `RUST_LOG` wins over the default filter, spans exported over OTLP when `OTEL_EXPORTER_OTLP_ENDPOINT` is set.
 //! - [`metrics_handle`]: the process-wide Prometheus recorder behind the `metrics` facade.
 //! - [`MetricsServer`]: `/metrics` and `/healthz` on their own port, for services that serve no other HTTP.
+//! - [`propagation`]: W3C trace context in MQTT 5 user properties and HTTP/gRPC headers, so one trace follows
+//!   a reading from the fleet through the broker to the ingester and the gateway.
+//! - [`recording`]: [`init_recording`], the same subscriber exporting spans into memory, for tests of traces.
+
+pub mod propagation;
+pub mod recording;
+
+pub use recording::{SpanRecorder, init_recording};
 
 use std::net::SocketAddr;
 use std::sync::OnceLock;
@@ -41,19 +49,36 @@ impl Drop for TelemetryGuard {
 
 /// Installs the global tracing subscriber for a process named `service`.
 pub fn init(service: &'static str) -> anyhow::Result<TelemetryGuard> {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
-    let json = std::env::var("FERRITE_LOG_FORMAT").is_ok_and(|format| format.eq_ignore_ascii_case("json"));
-    let fmt = if json {
-        tracing_subscriber::fmt::layer().json().with_current_span(true).boxed()
-    } else {
-        tracing_subscriber::fmt::layer().compact().with_target(false).boxed()
-    };
     let provider = match std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT") {
         Ok(endpoint) if !endpoint.is_empty() => Some(otlp_provider(service).with_context(|| {
             format!("cannot set up OpenTelemetry export to OTEL_EXPORTER_OTLP_ENDPOINT={endpoint}")
         })?),
         _ => None,
     };
+    install(service, provider, Some(fmt_layer()))
+}
+
+/// The log output layer, over the filter.
+pub(crate) type FmtLayer =
+    Box<dyn Layer<tracing_subscriber::layer::Layered<EnvFilter, tracing_subscriber::Registry>> + Send + Sync>;
+
+/// Compact text, or JSON with `FERRITE_LOG_FORMAT=json`.
+fn fmt_layer() -> FmtLayer {
+    let json = std::env::var("FERRITE_LOG_FORMAT").is_ok_and(|format| format.eq_ignore_ascii_case("json"));
+    if json {
+        tracing_subscriber::fmt::layer().json().with_current_span(true).boxed()
+    } else {
+        tracing_subscriber::fmt::layer().compact().with_target(false).boxed()
+    }
+}
+
+/// Installs the filter, `fmt` (when given) and, with a provider, the OpenTelemetry layer, as the global subscriber.
+pub(crate) fn install(
+    service: &'static str,
+    provider: Option<SdkTracerProvider>,
+    fmt: Option<FmtLayer>,
+) -> anyhow::Result<TelemetryGuard> {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
     let otel = provider.as_ref().map(|provider| tracing_opentelemetry::layer().with_tracer(provider.tracer(service)));
     tracing_subscriber::registry()
         .with(filter)
@@ -63,6 +88,8 @@ pub fn init(service: &'static str) -> anyhow::Result<TelemetryGuard> {
         .context("a tracing subscriber is already installed")?;
     if let Some(provider) = &provider {
         opentelemetry::global::set_tracer_provider(provider.clone());
+        opentelemetry::global::set_text_map_propagator(opentelemetry_sdk::propagation::TraceContextPropagator::new());
+        propagation::set_enabled();
     }
     Ok(TelemetryGuard { provider })
 }

@@ -5,9 +5,11 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use ferrite_mqtt::{Event, LastWill, Message, PublishProperties, QoS, Session, SessionConfig};
+use ferrite_telemetry::propagation;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::walk::Walk;
 use crate::{Config, Stats};
@@ -208,7 +210,16 @@ impl Device {
             let walk = &self.walks[idx];
             let topic = format!("sensors/{}/{}", self.id, walk.metric);
             let payload = format!(r#"{{"value":{value},"ts":{ts},"unit":"{}"}}"#, walk.unit);
-            if session.publish(topic, self.config.qos, false, payload, None).await.is_ok() {
+            // Each reading starts its own trace, carried to the ingester and the gateway in MQTT 5 user
+            // properties. Without span export there is no span and no property: the load generator pays nothing.
+            let span = if propagation::enabled() {
+                tracing::info_span!("fleet.publish", device = %self.id, metric = walk.metric, qos = ?self.config.qos)
+            } else {
+                tracing::Span::none()
+            };
+            let properties = ferrite_mqtt::user_properties(propagation::inject_properties(&span));
+            let published = session.publish(topic, self.config.qos, false, payload, properties).instrument(span);
+            if published.await.is_ok() {
                 self.stats.readings.fetch_add(1, Ordering::Relaxed);
             }
         }

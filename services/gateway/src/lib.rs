@@ -284,6 +284,8 @@ async fn pump(mut events: mpsc::Receiver<Event>, state: GatewayState) {
             Event::Message(message) => {
                 let publish = &message.publish;
                 let topic = message.topic();
+                let span = push_span(&message, &topic);
+                let _entered = span.enter();
                 let frames = protocol::render(&topic, &publish.payload, message.content_type(), Utc::now());
                 let incoming = hub::Incoming {
                     topic: &topic,
@@ -293,6 +295,8 @@ async fn pump(mut events: mpsc::Receiver<Event>, state: GatewayState) {
                     frames: frames.into(),
                 };
                 let delivered = state.hub().deliver(&incoming);
+                span.record("queued", delivered.queued);
+                span.record("dropped", delivered.dropped);
                 metrics::counter!("ferrite_gateway_mqtt_messages_total").increment(1);
                 metrics::counter!("ferrite_gateway_frames_queued_total").increment(delivered.queued);
                 if delivered.dropped > 0 {
@@ -301,4 +305,18 @@ async fn pump(mut events: mpsc::Receiver<Event>, state: GatewayState) {
             }
         }
     }
+}
+
+/// The `gateway.push` span of a message that carries a trace context: a child of its publisher's span, around
+/// rendering the message and queueing it for the browsers (`queued` frames, `dropped` for full queues).
+/// Untraced messages, or all of them while spans are not exported, get a disabled span that costs nothing.
+fn push_span(message: &ferrite_mqtt::Message, topic: &str) -> tracing::Span {
+    let properties = message.user_properties();
+    if !ferrite_telemetry::propagation::is_traced(properties) {
+        return tracing::Span::none();
+    }
+    let span =
+        tracing::info_span!("gateway.push", topic, queued = tracing::field::Empty, dropped = tracing::field::Empty);
+    ferrite_telemetry::propagation::set_parent_from_properties(&span, properties);
+    span
 }

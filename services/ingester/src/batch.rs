@@ -4,6 +4,7 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use ferrite_core::{DeviceId, PayloadError, Presence, Reading, Topic, parse_presence, parse_readings};
 use ferrite_mqtt::Message;
+use tracing::Span;
 
 /// A payload we could not use, kept with the reason so that nothing is dropped silently.
 #[derive(Debug, Clone)]
@@ -28,12 +29,27 @@ pub struct Batch {
     pub readings: Vec<Reading>,
     pub dead_letters: Vec<DeadLetter>,
     pub presence: Vec<PresenceChange>,
+    /// The `ingest.message` spans of the messages that carried a trace context, open until their batch is
+    /// acknowledged (see [`crate::trace`]).
+    traces: Vec<Span>,
 }
 
 impl Batch {
     /// Adds a message, parsing it now so a bad payload is found before the write.
     pub fn push(&mut self, message: Message) {
-        self.classify(&message.topic(), message.payload(), message.content_type(), message.publish.retain, Utc::now());
+        let span = crate::trace::message_span(&message);
+        span.in_scope(|| {
+            self.classify(
+                &message.topic(),
+                message.payload(),
+                message.content_type(),
+                message.publish.retain,
+                Utc::now(),
+            )
+        });
+        if !span.is_none() {
+            self.traces.push(span);
+        }
         self.messages.push(message);
     }
 
@@ -88,12 +104,23 @@ impl Batch {
         self.messages.is_empty()
     }
 
+    /// The spans of the traced messages; they end when the caller drops them.
+    pub fn traces(&self) -> &[Span] {
+        &self.traces
+    }
+
     /// Empties the batch, handing back its messages for acknowledgement.
     pub fn take_messages(&mut self) -> Vec<Message> {
         self.readings.clear();
         self.dead_letters.clear();
         self.presence.clear();
+        self.traces.clear();
         std::mem::take(&mut self.messages)
+    }
+
+    /// Takes the spans of the traced messages out of the batch (before [`Batch::take_messages`]).
+    pub fn take_traces(&mut self) -> Vec<Span> {
+        std::mem::take(&mut self.traces)
     }
 }
 

@@ -10,9 +10,11 @@
 //! - [`Config`], [`Ingester`] (`bind` / `run`), [`Stats`].
 //! - [`batch`]: turning messages into rows, dead letters and presence changes.
 //! - [`store`]: writing one batch in one transaction.
+//! - [`trace`]: the spans that continue a reading's trace (`ingest.message`, `ingest.commit`, `ingest.stored`).
 
 pub mod batch;
 pub mod store;
+pub mod trace;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -22,6 +24,7 @@ use ferrite_mqtt::{BrokerUrl, Event, QoS, Session, SessionConfig};
 use sqlx::PgPool;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::batch::Batch;
 
@@ -194,10 +197,11 @@ async fn flush(pool: &PgPool, session: &Session, batch: &mut Batch, stats: &Stat
     if batch.is_empty() {
         return;
     }
+    let commit = trace::commit_span(batch.len(), batch.traces());
     let mut pause = Duration::from_millis(100);
     let outcome = loop {
         let started = std::time::Instant::now();
-        match store::write(pool, batch).await {
+        match store::write(pool, batch).instrument(commit.clone()).await {
             Ok(outcome) => {
                 metrics::histogram!("ferrite_ingester_commit_seconds").record(started.elapsed().as_secs_f64());
                 break Some(outcome);
@@ -213,6 +217,7 @@ async fn flush(pool: &PgPool, session: &Session, batch: &mut Batch, stats: &Stat
             }
         }
     };
+    let traces = batch.take_traces();
     let messages = batch.take_messages();
     let Some(outcome) = outcome else {
         return;
@@ -222,6 +227,7 @@ async fn flush(pool: &PgPool, session: &Session, batch: &mut Batch, stats: &Stat
             tracing::warn!(%error, "could not acknowledge a message");
         }
     }
+    trace::committed(&commit, &outcome, traces);
     tracing::debug!(messages = messages.len(), ?outcome, "batch committed");
     stats.stored.fetch_add(outcome.stored, Ordering::Relaxed);
     stats.duplicates.fetch_add(outcome.duplicates, Ordering::Relaxed);

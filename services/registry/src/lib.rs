@@ -31,6 +31,7 @@ pub mod presence;
 mod rest;
 mod secret;
 mod service;
+mod trace;
 
 use std::net::{Ipv4Addr, SocketAddr};
 
@@ -205,6 +206,7 @@ impl Registry {
             .map_err(|err| RegistryError::Internal(format!("reflection: {err}")))?;
         let face = GrpcFace::new(service.clone(), access.clone());
         let grpc_server = tonic::transport::Server::builder()
+            .trace_fn(trace::grpc_span)
             .add_routes(extra_grpc.routes())
             .add_service(health)
             .add_service(reflection)

@@ -154,6 +154,7 @@ pub(crate) fn router(
         .merge(ferrite_telemetry::metrics_router())
         .fallback(|| async { ApiError::NoRoute })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .layer(axum::middleware::from_fn(crate::trace::http_span))
 }
 
 async fn require_token(State(state): State<RestState>, request: Request, next: Next) -> Result<Response, ApiError> {
