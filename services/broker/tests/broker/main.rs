@@ -10,4 +10,5 @@ mod restart;
 mod robustness;
 mod sessions;
 mod support;
+mod takeover;
 mod websocket;
