@@ -9,7 +9,8 @@
 //! - [`auth`]: the [`Authorizer`] trait the device registry implements, and [`AllowAll`].
 //! - `engine`: rmqtt's server context, plugins (retained and sessions in sled, `$SYS`, shared
 //!   subscriptions) and listeners, and the orderly close of connections at shutdown.
-//! - `hooks`: rmqtt hooks that ask the [`Authorizer`].
+//! - `hooks`: rmqtt hooks that ask the [`Authorizer`], and that keep the takeover of a persistent session
+//!   (a client reconnecting under its id) from losing messages, which rmqtt 0.24 alone does.
 //! - `logging`: rmqtt's `log` records into `tracing`, quietly.
 //!
 //! # Limits measured in rmqtt 0.24
@@ -22,6 +23,8 @@
 //!   a deadline, and nothing of ours runs before that. It costs a socket and a task, never another
 //!   client's time. Only a proxy copying every byte could cut it off (measured: about 40 % less QoS 1
 //!   throughput), so [`Config::connect_timeout`] covers the rest of the handshake only.
+//! - When a client takes its persistent session over, rmqtt sends the messages it had not acknowledged
+//!   again in reverse order (DUP set); `hooks` makes sure none is lost, but cannot restore their order.
 //! - A QoS 1/2 publish is acknowledged before sled writes it to disk (sled flushes every 500 ms), so a
 //!   crash, unlike [`Broker::run`]'s orderly stop, can lose the last half second of retained values and queued messages.
 
@@ -51,6 +54,16 @@ pub const DEFAULT_WS_PORT: u16 = 8083;
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Under the working directory, next to the other `ferrite up` state.
 pub const DEFAULT_DATA_DIR: &str = "./.ferrite/broker";
+
+/// At least this many worker threads for the broker's runtime, whatever the number of cores.
+///
+/// rmqtt 0.24 holds a lock of its client table (a DashMap shard) across an `.await` (`Entry::is_connected`, which
+/// shared subscriptions call for every message) while other tasks take the same lock synchronously, blocking their
+/// worker thread (a session takeover's `remove`, routing's lookups). When every worker blocks so, the task holding
+/// the lock never runs again: measured on 2 cores with Tokio's default of one worker per core, a takeover of the
+/// ingester's session hung the whole broker (no CONNACK for any later connection) in 1 to 3 of 10 runs.
+/// Spare workers let the holder finish; they cost an idle thread each.
+const MIN_WORKER_THREADS: usize = 8;
 
 /// The broker's own runtime is given this long to end its tasks after the last connection closed.
 /// rmqtt-storage's database threads never end, so the wait always runs out; it stays short.
@@ -170,7 +183,9 @@ impl Broker {
             .map_err(|source| BrokerError::DataDir { path: config.data_dir.clone(), source })?;
         logging::install();
 
+        let workers = std::thread::available_parallelism().map_or(1, usize::from).max(MIN_WORKER_THREADS);
         let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(workers)
             .enable_all()
             .thread_name("ferrite-broker")
             .build()

@@ -143,7 +143,8 @@ async fn killed_ingester_loses_and_doubles_nothing(broker: &BrokerUrl) -> anyhow
     assert_eq!(fleet_stats.readings.load(Ordering::Relaxed), 3000);
     assert_eq!(fleet_stats.unacknowledged.load(Ordering::Relaxed), 0, "the broker acknowledged every reading");
 
-    if let Err(error) = wait_for_count(&db, "3,000 readings in PostgreSQL", "SELECT count(*) FROM readings", 3000).await {
+    if let Err(error) = wait_for_count(&db, "3,000 readings in PostgreSQL", "SELECT count(*) FROM readings", 3000).await
+    {
         let short: Vec<(String, String, i64)> = sqlx::query_as(
             "SELECT device_id, metric, count(*) FROM readings GROUP BY 1, 2 HAVING count(*) <> 100 ORDER BY 1, 2",
         )
