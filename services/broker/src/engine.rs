@@ -78,6 +78,7 @@ impl Engine {
             .plugins_config_map_add("rmqtt-shared-subscription", "strategy = \"round_robin\"\n")
             .build()
             .await;
+        crate::router::install(&scx).await;
 
         let storage_error = |e: rmqtt::Error| {
             let reason = format!("{e:#}");

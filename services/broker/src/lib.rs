@@ -34,6 +34,7 @@ pub mod auth;
 mod engine;
 mod hooks;
 mod logging;
+mod router;
 
 use std::fmt;
 use std::net::{Ipv4Addr, SocketAddr};
