@@ -1,11 +1,12 @@
-//! Micro-benchmarks of the per-message hot path shared by the ingester and the gateway:
-//! classifying a topic and parsing a reading payload in each of its three forms.
+//! Micro-benchmarks of the per-message hot path shared by the ingester, the gateway and the broker:
+//! classifying a topic, parsing a reading payload in each of its three forms, and MQTT topic-filter
+//! matching (per message and filter on fan-out) and covering (per subscription, against ACL patterns).
 
 use std::hint::black_box;
 
 use chrono::{TimeZone, Utc};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use ferrite_core::{CONTENT_TYPE_PROTOBUF, Topic, parse_readings};
+use ferrite_core::{CONTENT_TYPE_PROTOBUF, Topic, filter_covers, filter_matches, parse_readings};
 use ferrite_proto::prost::Message;
 use ferrite_proto::v1;
 
@@ -54,5 +55,32 @@ fn payloads(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, topics, payloads);
+fn filters(c: &mut Criterion) {
+    let topic = "sensors/sim-0042/temperature";
+    let mut group = c.benchmark_group("filter_match");
+    group.throughput(Throughput::Elements(1));
+    for (name, filter) in [
+        ("exact", "sensors/sim-0042/temperature"),
+        ("plus", "sensors/+/temperature"),
+        ("hash", "sensors/#"),
+        ("miss_first_level", "devices/+/status"),
+        ("miss_last_level", "sensors/+/humidity"),
+    ] {
+        group.bench_function(name, |b| b.iter(|| filter_matches(black_box(filter), black_box(topic))));
+    }
+    group.finish();
+
+    let mut group = c.benchmark_group("filter_cover");
+    group.throughput(Throughput::Elements(1));
+    for (name, pattern, filter) in [
+        ("hash_covers_plus", "sensors/#", "sensors/+/temperature"),
+        ("plus_covers_literal", "commands/+/response", "commands/sim-0042/response"),
+        ("plus_misses_hash", "commands/+/response", "commands/#"),
+    ] {
+        group.bench_function(name, |b| b.iter(|| filter_covers(black_box(pattern), black_box(filter))));
+    }
+    group.finish();
+}
+
+criterion_group!(benches, topics, payloads, filters);
 criterion_main!(benches);

@@ -2,7 +2,8 @@
 //!
 //! # Layout
 //! - [`device`]: [`DeviceId`], the validated identifier every other part keys on.
-//! - [`topic`]: what a topic means under the contract of DESIGN.md ([`Topic::parse`]).
+//! - [`topic`]: what a topic means under the contract of DESIGN.md ([`Topic::parse`]), and MQTT topic-filter
+//!   matching ([`filter_matches`], [`filter_covers`]).
 //! - [`payload`]: turning a reading's payload (plain number, JSON or protobuf) into [`Reading`]s.
 //!
 //! This crate does no I/O: it knows nothing of sockets, MQTT clients, sqlx or tonic,
@@ -14,4 +15,4 @@ pub mod topic;
 
 pub use device::{DeviceId, InvalidDeviceId};
 pub use payload::{CONTENT_TYPE_PROTOBUF, PayloadError, Presence, Reading, parse_presence, parse_readings};
-pub use topic::Topic;
+pub use topic::{Topic, filter_covers, filter_matches};

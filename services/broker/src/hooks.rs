@@ -38,6 +38,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use ferrite_core::filter_matches;
 use rmqtt::codec::types::QoS;
 use rmqtt::codec::v5::SubscribeAckReason;
 use rmqtt::context::ServerContext;
@@ -471,56 +472,10 @@ fn missing_identity(session: &Session) -> bool {
     false
 }
 
-/// Whether an MQTT topic filter (`+` one level, `#` the rest) matches a topic name.
-/// Wildcards at the first level do not match topics starting with `$` (MQTT-4.7.2-1).
-fn filter_matches(filter: &str, topic: &str) -> bool {
-    if topic.starts_with('$') && (filter.starts_with('+') || filter.starts_with('#')) {
-        return false;
-    }
-    let mut levels = topic.split('/');
-    for part in filter.split('/') {
-        match (part, levels.next()) {
-            ("#", _) => return true,
-            ("+", Some(_)) => {}
-            (part, Some(level)) if part == level => {}
-            _ => return false,
-        }
-    }
-    levels.next().is_none()
-}
-
 /// The filter as the client wrote it: rmqtt has already split `$share/{group}/` off shared subscriptions.
 fn original_filter(subscribe: &Subscribe) -> String {
     match subscribe.opts.shared_group() {
         Some(group) => format!("$share/{group}/{}", subscribe.topic_filter),
         None => subscribe.topic_filter.to_string(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::filter_matches;
-
-    fn check(filter: &str, topic: &str, expected: bool) {
-        assert_eq!(filter_matches(filter, topic), expected, "{filter} vs {topic}");
-    }
-
-    #[test]
-    fn filters_match_topics_like_mqtt_says() {
-        check("sensors/#", "sensors/dev-1/temperature", true);
-        check("sensors/#", "sensors", true);
-        check("sensors/+/temperature", "sensors/dev-1/temperature", true);
-        check("sensors/+/temperature", "sensors/dev-1/humidity", false);
-        check("sensors/+", "sensors/dev-1/temperature", false);
-        check("devices/+/status", "devices/dev-1/status", true);
-        check("a/b", "a/b", true);
-        check("a/b", "a/b/c", false);
-        check("a/b/c", "a/b", false);
-        check("#", "anything/at/all", true);
-        check("#", "$SYS/brokers", false);
-        check("+/brokers", "$SYS/brokers", false);
-        check("$SYS/#", "$SYS/brokers", true);
-        check("a//b", "a//b", true);
-        check("a/+/b", "a//b", true);
     }
 }

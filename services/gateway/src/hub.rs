@@ -25,10 +25,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
+use ferrite_core::filter_matches;
 use ferrite_mqtt::{Filter, QoS, RetainForwardRule, Session};
 use tokio::sync::mpsc;
 
-use crate::filter::matches;
 use crate::policy::ClientInfo;
 use crate::protocol::Frame;
 
@@ -161,8 +161,11 @@ impl Hub {
         for filter in fresh {
             self.acquire(client, filter);
         }
-        let mut matching: Vec<(&String, &Retained)> =
-            self.retained.iter().filter(|(topic, _)| filters.iter().any(|filter| matches(filter, topic))).collect();
+        let mut matching: Vec<(&String, &Retained)> = self
+            .retained
+            .iter()
+            .filter(|(topic, _)| filters.iter().any(|filter| filter_matches(filter, topic)))
+            .collect();
         matching.sort_unstable_by(|a, b| a.0.cmp(b.0));
         Ok(matching.into_iter().flat_map(|(_, retained)| retained.frames.iter().cloned()).collect())
     }
@@ -216,7 +219,7 @@ impl Hub {
     /// Forgets retained values no filter covers any more: the broker stops telling us when they change.
     fn evict(&mut self) {
         let filters = &self.filters;
-        self.retained.retain(|topic, _| filters.keys().any(|filter| matches(filter, topic)));
+        self.retained.retain(|topic, _| filters.keys().any(|filter| filter_matches(filter, topic)));
     }
 
     /// The broker (re)connected: our subscriptions are renewed and it replays every retained message,
@@ -227,8 +230,12 @@ impl Hub {
 
     /// Routes one message to the browsers whose filters match it, and keeps it if it is retained.
     pub fn deliver(&mut self, message: &Incoming<'_>) -> Delivered {
-        let targets: Vec<&FilterEntry> =
-            self.filters.iter().filter(|(filter, _)| matches(filter, message.topic)).map(|(_, entry)| entry).collect();
+        let targets: Vec<&FilterEntry> = self
+            .filters
+            .iter()
+            .filter(|(filter, _)| filter_matches(filter, message.topic))
+            .map(|(_, entry)| entry)
+            .collect();
         if targets.is_empty() {
             // For a subscription that has just ended: nobody wants it, and nothing covers its topic any more.
             return Delivered::default();

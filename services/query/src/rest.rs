@@ -1,82 +1,34 @@
 //! The REST face: `GET /api/v1/devices/{id}/telemetry` and `GET /api/v1/devices/{id}/latest` over
-//! [`TelemetryService`], their OpenAPI description, and the one conversion of every error into `{"error": "..."}`.
+//! [`TelemetryService`], their OpenAPI description, and the HTTP status of each [`QueryError`] (`ferrite_registry::http`).
 //!
 //! The registry serves these routes behind its token check (an [`ferrite_registry::ApiExtension`]).
 
 use axum::Router;
-use axum::extract::rejection::{PathRejection, QueryRejection};
-use axum::extract::{FromRequestParts, State};
+use axum::extract::State;
 use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use chrono::{DateTime, Utc};
 use ferrite_core::DeviceId;
+pub use ferrite_registry::http::ErrorBody;
+use ferrite_registry::http::{ApiError, Path, Query};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, OpenApi, ToSchema};
 
 use crate::model::{Aggregate, LatestValue, Point, QueryParams, RangeQuery, parse_bucket, parse_instant};
 use crate::{QueryError, TelemetryService};
 
-/// Everything a handler can fail with: our errors and the framework's rejections.
-#[derive(Debug)]
-pub(crate) enum ApiError {
-    Query(QueryError),
-    /// A request axum could not take apart (a bad query string), with axum's status.
-    Rejected(StatusCode, String),
-}
-
-/// The body of every error response.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct ErrorBody {
-    pub error: String,
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let (status, message) = match self {
-            ApiError::Query(err) => {
-                err.log_if_internal();
-                let status = match &err {
-                    QueryError::InvalidArgument(_) => StatusCode::BAD_REQUEST,
-                    QueryError::DeviceNotFound(_) => StatusCode::NOT_FOUND,
-                    QueryError::LiveUnavailable | QueryError::Database(_) => StatusCode::SERVICE_UNAVAILABLE,
-                    QueryError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-                };
-                (status, err.public_message())
-            }
-            ApiError::Rejected(status, message) => (status, message),
-        };
-        (status, axum::Json(ErrorBody { error: message })).into_response()
-    }
-}
-
 impl From<QueryError> for ApiError {
     fn from(err: QueryError) -> Self {
-        ApiError::Query(err)
+        err.log_if_internal();
+        let status = match &err {
+            QueryError::InvalidArgument(_) => StatusCode::BAD_REQUEST,
+            QueryError::DeviceNotFound(_) => StatusCode::NOT_FOUND,
+            QueryError::LiveUnavailable | QueryError::Database(_) => StatusCode::SERVICE_UNAVAILABLE,
+            QueryError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError::new(status, err.public_message())
     }
 }
-
-impl From<PathRejection> for ApiError {
-    fn from(rejection: PathRejection) -> Self {
-        ApiError::Rejected(rejection.status(), rejection.body_text())
-    }
-}
-
-impl From<QueryRejection> for ApiError {
-    fn from(rejection: QueryRejection) -> Self {
-        ApiError::Rejected(rejection.status(), rejection.body_text())
-    }
-}
-
-/// `axum::extract::Path` whose rejections are our JSON errors.
-#[derive(FromRequestParts)]
-#[from_request(via(axum::extract::Path), rejection(ApiError))]
-struct Path<T>(T);
-
-/// `axum::extract::Query` whose rejections are our JSON errors.
-#[derive(FromRequestParts)]
-#[from_request(via(axum::extract::Query), rejection(ApiError))]
-struct Query<T>(T);
 
 /// The telemetry routes with their full paths, ready to merge into the registry's router.
 pub(crate) fn router(service: TelemetryService) -> Router {

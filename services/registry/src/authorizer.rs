@@ -10,6 +10,7 @@ use std::net::SocketAddr;
 use std::str::FromStr;
 
 use ferrite_broker::{AuthDecision, Authorizer, BoxFuture, DenyReason, Identity, Principal};
+use ferrite_core::filter_covers;
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::{RegistryError, RegistryService, secret};
@@ -62,8 +63,8 @@ impl ServiceRole {
 
     fn may_publish(self, topic: &str) -> bool {
         match self {
-            ServiceRole::Ingester => covers("alerts/#", topic),
-            ServiceRole::Api => covers("alerts/#", topic) || covers("commands/+", topic),
+            ServiceRole::Ingester => filter_covers("alerts/#", topic),
+            ServiceRole::Api => filter_covers("alerts/#", topic) || filter_covers("commands/+", topic),
             ServiceRole::Gateway => !device_owned(topic),
             ServiceRole::Fleet => device_owned(topic),
             ServiceRole::Admin => true,
@@ -78,7 +79,7 @@ impl ServiceRole {
             ServiceRole::Fleet => &["commands/#"],
             ServiceRole::Api => &["sensors/#", "commands/+/response"],
         };
-        patterns.iter().any(|pattern| covers(pattern, filter))
+        patterns.iter().any(|pattern| filter_covers(pattern, filter))
     }
 }
 
@@ -299,33 +300,6 @@ fn strip_shared(filter: &str) -> &str {
         .unwrap_or(filter)
 }
 
-/// Whether everything `filter` can match is also matched by `pattern` (a topic is a filter without wildcards).
-/// As in MQTT matching, wildcards in `pattern` never cover a first level that starts with `$`.
-fn covers(pattern: &str, filter: &str) -> bool {
-    let mut patterns = pattern.split('/');
-    let mut levels = filter.split('/');
-    let mut first = true;
-    loop {
-        match (patterns.next(), levels.next()) {
-            (Some("#"), None) => return true,
-            (Some("#"), Some(level)) => return !(first && level.starts_with('$')),
-            (Some("+"), Some(level)) => {
-                if level == "#" || (first && level.starts_with('$')) {
-                    return false;
-                }
-            }
-            (Some(literal), Some(level)) => {
-                if literal != level {
-                    return false;
-                }
-            }
-            (None, None) => return true,
-            _ => return false,
-        }
-        first = false;
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -383,26 +357,6 @@ mod tests {
         assert!(!device_may_use_client_id("sim-0001", "ferrite-ingester"));
         assert!(!device_may_use_client_id("sim-0001", "mosq-1234"));
         assert!(!device_may_use_client_id("sim-0001", ""));
-    }
-
-    fn check_covers(pattern: &str, filter: &str, expected: bool) {
-        assert_eq!(covers(pattern, filter), expected, "{pattern} covers {filter}");
-    }
-
-    #[test]
-    fn coverage() {
-        check_covers("sensors/#", "sensors/#", true);
-        check_covers("sensors/#", "sensors", true);
-        check_covers("sensors/#", "sensors/+/t", true);
-        check_covers("sensors/#", "#", false);
-        check_covers("sensors/#", "+/x", false);
-        check_covers("commands/+/response", "commands/+/response", true);
-        check_covers("commands/+/response", "commands/#", false);
-        check_covers("commands/+/response", "commands/d1/response", true);
-        check_covers("commands/+/response", "commands/d1", false);
-        check_covers("#", "$SYS/brokers", false);
-        check_covers("#", "anything/at/all", true);
-        check_covers("+/x", "$SYS/x", false);
     }
 
     fn role_checks(role: ServiceRole, publish: &[(&str, bool)], subscribe: &[(&str, bool)]) {

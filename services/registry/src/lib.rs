@@ -26,6 +26,7 @@ pub mod cli;
 mod error;
 mod extension;
 mod grpc;
+pub mod http;
 pub mod model;
 pub mod presence;
 mod rest;

@@ -1,11 +1,10 @@
 //! The REST face: `/api/v1/devices...` and `/api/v1/tokens...` over [`RegistryService`], the OpenAPI document
-//! generated from these handlers, and the one conversion of every error (ours and axum's) into `{"error": "..."}`.
+//! generated from these handlers, and the HTTP status of each [`RegistryError`] (the JSON error plumbing is `crate::http`).
 
 use std::convert::Infallible;
 
 use axum::Router;
-use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
-use axum::extract::{FromRequest, FromRequestParts, Request, State};
+use axum::extract::{Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::Next;
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -19,102 +18,29 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{IntoParams, OpenApi, ToSchema};
 
 use crate::access::ApiAccess;
+use crate::http::{ApiError, ErrorBody, Json, Path, Query};
 use crate::model::{
     ApiToken, Device, DeviceChanges, DeviceFilter, IssuedCredentials, NewDevice, PageRequest, PresenceChange,
 };
 use crate::{RegistryError, RegistryService};
 
-/// Everything a handler can fail with: our domain errors and the framework's rejections.
-#[derive(Debug)]
-pub(crate) enum ApiError {
-    Registry(RegistryError),
-    /// A request axum could not take apart (bad JSON, wrong content type, bad query), with axum's status.
-    Rejected(StatusCode, String),
-    NoRoute,
-    MethodNotAllowed,
-}
-
-/// The body of every error response.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct ErrorBody {
-    pub error: String,
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let (status, message) = match self {
-            ApiError::Registry(err) => {
-                err.log_if_internal();
-                let status = match &err {
-                    RegistryError::InvalidArgument(_) => StatusCode::BAD_REQUEST,
-                    RegistryError::DeviceNotFound(_) | RegistryError::TokenNotFound(_) => StatusCode::NOT_FOUND,
-                    RegistryError::DeviceExists(_) => StatusCode::CONFLICT,
-                    RegistryError::Unauthenticated => StatusCode::UNAUTHORIZED,
-                    RegistryError::Lagged(_) => StatusCode::CONFLICT,
-                    RegistryError::Database(_) => StatusCode::SERVICE_UNAVAILABLE,
-                    RegistryError::Internal(_) | RegistryError::Bind { .. } | RegistryError::InvalidConfig(_) => {
-                        StatusCode::INTERNAL_SERVER_ERROR
-                    }
-                };
-                (status, err.public_message())
-            }
-            ApiError::Rejected(status, message) => (status, message),
-            ApiError::NoRoute => (StatusCode::NOT_FOUND, "no such route".to_owned()),
-            ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method not allowed".to_owned()),
-        };
-        let mut response = (status, axum::Json(ErrorBody { error: message })).into_response();
-        if status == StatusCode::UNAUTHORIZED {
-            // RFC 9110: a 401 names the scheme that would work.
-            response.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
-        }
-        response
-    }
-}
-
 impl From<RegistryError> for ApiError {
     fn from(err: RegistryError) -> Self {
-        ApiError::Registry(err)
+        err.log_if_internal();
+        let status = match &err {
+            RegistryError::InvalidArgument(_) => StatusCode::BAD_REQUEST,
+            RegistryError::DeviceNotFound(_) | RegistryError::TokenNotFound(_) => StatusCode::NOT_FOUND,
+            RegistryError::DeviceExists(_) => StatusCode::CONFLICT,
+            RegistryError::Unauthenticated => StatusCode::UNAUTHORIZED,
+            RegistryError::Lagged(_) => StatusCode::CONFLICT,
+            RegistryError::Database(_) => StatusCode::SERVICE_UNAVAILABLE,
+            RegistryError::Internal(_) | RegistryError::Bind { .. } | RegistryError::InvalidConfig(_) => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
+        };
+        ApiError::new(status, err.public_message())
     }
 }
-
-impl From<JsonRejection> for ApiError {
-    fn from(rejection: JsonRejection) -> Self {
-        ApiError::Rejected(rejection.status(), rejection.body_text())
-    }
-}
-
-impl From<PathRejection> for ApiError {
-    fn from(rejection: PathRejection) -> Self {
-        ApiError::Rejected(rejection.status(), rejection.body_text())
-    }
-}
-
-impl From<QueryRejection> for ApiError {
-    fn from(rejection: QueryRejection) -> Self {
-        ApiError::Rejected(rejection.status(), rejection.body_text())
-    }
-}
-
-/// `axum::Json` whose rejections are our JSON errors.
-#[derive(FromRequest)]
-#[from_request(via(axum::Json), rejection(ApiError))]
-struct Json<T>(T);
-
-impl<T: Serialize> IntoResponse for Json<T> {
-    fn into_response(self) -> Response {
-        axum::Json(self.0).into_response()
-    }
-}
-
-/// `axum::extract::Path` whose rejections are our JSON errors.
-#[derive(FromRequestParts)]
-#[from_request(via(axum::extract::Path), rejection(ApiError))]
-struct Path<T>(T);
-
-/// `axum::extract::Query` whose rejections are our JSON errors.
-#[derive(FromRequestParts)]
-#[from_request(via(axum::extract::Query), rejection(ApiError))]
-struct Query<T>(T);
 
 #[derive(Clone)]
 struct RestState {
@@ -152,8 +78,8 @@ pub(crate) fn router(
         .merge(extension);
     api.route("/openapi.json", get(move || async move { axum::Json(document) }))
         .merge(ferrite_telemetry::metrics_router())
-        .fallback(|| async { ApiError::NoRoute })
-        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such route") })
+        .method_not_allowed_fallback(|| async { ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed") })
         .layer(axum::middleware::from_fn(crate::trace::http_span))
 }
 

@@ -1,15 +1,15 @@
-//! The REST face: `/api/v1/rules...` and `/api/v1/alerts` over [`RulesService`], their OpenAPI document, and the one
-//! conversion of every error (ours and axum's) into `{"error": "..."}`. The registry serves these routes behind its token check.
+//! The REST face: `/api/v1/rules...` and `/api/v1/alerts` over [`RulesService`], their OpenAPI document, and the HTTP
+//! status of each [`RulesError`] (`ferrite_registry::http`). The registry serves these routes behind its token check.
 
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
-use axum::extract::{FromRequest, FromRequestParts, State};
+use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use chrono::{DateTime, Utc};
+use ferrite_registry::http::{ApiError, ErrorBody, Json, Path, Query};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, OpenApi, ToSchema};
 use uuid::Uuid;
@@ -17,83 +17,18 @@ use uuid::Uuid;
 use crate::model::{Alert, AlertFilter, Rule, RuleInput};
 use crate::{RulesError, RulesService};
 
-/// Everything a handler can fail with: our domain errors and the framework's rejections.
-#[derive(Debug)]
-pub(crate) enum ApiError {
-    Rules(RulesError),
-    /// A request axum could not take apart (bad JSON, wrong content type, bad query), with axum's status.
-    Rejected(StatusCode, String),
-}
-
-/// The body of every error response.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct ErrorBody {
-    pub error: String,
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let (status, message) = match self {
-            ApiError::Rules(err) => {
-                err.log_if_internal();
-                let status = match &err {
-                    RulesError::InvalidArgument(_) => StatusCode::BAD_REQUEST,
-                    RulesError::RuleNotFound(_) => StatusCode::NOT_FOUND,
-                    RulesError::Database(_) => StatusCode::SERVICE_UNAVAILABLE,
-                    RulesError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-                };
-                (status, err.public_message())
-            }
-            ApiError::Rejected(status, message) => (status, message),
-        };
-        (status, axum::Json(ErrorBody { error: message })).into_response()
-    }
-}
-
 impl From<RulesError> for ApiError {
     fn from(err: RulesError) -> Self {
-        ApiError::Rules(err)
+        err.log_if_internal();
+        let status = match &err {
+            RulesError::InvalidArgument(_) => StatusCode::BAD_REQUEST,
+            RulesError::RuleNotFound(_) => StatusCode::NOT_FOUND,
+            RulesError::Database(_) => StatusCode::SERVICE_UNAVAILABLE,
+            RulesError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError::new(status, err.public_message())
     }
 }
-
-impl From<JsonRejection> for ApiError {
-    fn from(rejection: JsonRejection) -> Self {
-        ApiError::Rejected(rejection.status(), rejection.body_text())
-    }
-}
-
-impl From<PathRejection> for ApiError {
-    fn from(rejection: PathRejection) -> Self {
-        ApiError::Rejected(rejection.status(), rejection.body_text())
-    }
-}
-
-impl From<QueryRejection> for ApiError {
-    fn from(rejection: QueryRejection) -> Self {
-        ApiError::Rejected(rejection.status(), rejection.body_text())
-    }
-}
-
-/// `axum::Json` whose rejections are our JSON errors.
-#[derive(FromRequest)]
-#[from_request(via(axum::Json), rejection(ApiError))]
-struct Json<T>(T);
-
-impl<T: Serialize> IntoResponse for Json<T> {
-    fn into_response(self) -> Response {
-        axum::Json(self.0).into_response()
-    }
-}
-
-/// `axum::extract::Path` whose rejections are our JSON errors.
-#[derive(FromRequestParts)]
-#[from_request(via(axum::extract::Path), rejection(ApiError))]
-struct Path<T>(T);
-
-/// `axum::extract::Query` whose rejections are our JSON errors.
-#[derive(FromRequestParts)]
-#[from_request(via(axum::extract::Query), rejection(ApiError))]
-struct Query<T>(T);
 
 /// The routes `/api/v1/rules`, `/api/v1/rules/{id}` and `/api/v1/alerts`, for an `ApiExtension`.
 pub fn router(service: RulesService) -> Router {
