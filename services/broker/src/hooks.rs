@@ -34,6 +34,7 @@
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -90,6 +91,7 @@ pub(crate) async fn install(scx: &ServerContext, authorizer: Arc<dyn Authorizer>
         authorizer,
         pending: Arc::new(Mutex::new(HashMap::new())),
         takeovers: Arc::new(Mutex::new(HashMap::new())),
+        takeover_count: Arc::new(AtomicUsize::new(0)),
     };
     let register = scx.extends.hook_mgr().register();
     for typ in [
@@ -115,6 +117,8 @@ struct AuthHandler {
     pending: Arc<Mutex<HashMap<Id, (Identity, Instant)>>>,
     /// Persistent sessions being taken over: from the successor's authentication to its `ClientConnected`.
     takeovers: Arc<Mutex<HashMap<ClientId, Takeover>>>,
+    /// `takeovers.len()`, kept beside the map so that publishes skip its lock while no takeover runs (the usual case).
+    takeover_count: Arc<AtomicUsize>,
 }
 
 /// A persistent session whose client id is being taken over by a new connection.
@@ -325,11 +329,15 @@ impl AuthHandler {
         let mut takeovers = self.takeovers.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         takeovers.retain(|_, takeover| takeover.active());
         takeovers.insert(id.client_id.clone(), Takeover { since: Instant::now(), filters });
+        self.takeover_count.store(takeovers.len(), Ordering::Release);
         true
     }
 
     fn takeover_done(&self, client_id: &ClientId) {
-        self.takeovers.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).remove(client_id);
+        let mut takeovers = self.takeovers.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        takeovers.remove(client_id);
+        takeovers.retain(|_, takeover| takeover.active());
+        self.takeover_count.store(takeovers.len(), Ordering::Release);
     }
 
     fn taking_over(&self, client_id: &ClientId) -> bool {
@@ -339,8 +347,11 @@ impl AuthHandler {
 
     /// Holds a publish to a topic that a session being taken over subscribes to until the takeover is
     /// done, so that rmqtt routes it to the successor instead of into the gap between the two sessions.
-    /// Publishes to other topics pass at once; the check is one uncontended lock while no takeover runs.
+    /// Publishes to other topics pass at once; while no takeover runs the check is one atomic load.
     async fn wait_for_takeovers(&self, topic: &str) {
+        if self.takeover_count.load(Ordering::Acquire) == 0 {
+            return;
+        }
         let deadline = Instant::now() + TAKEOVER_WAIT;
         loop {
             let blocked = {
