@@ -13,12 +13,14 @@
 
 mod broker;
 mod db;
+mod http;
 mod logging;
 mod mosquitto;
 mod wait;
 
 pub use broker::TestBroker;
 pub use db::TestDb;
+pub use http::{HttpResponse, http_request};
 pub use logging::init_test_tracing;
 pub use mosquitto::TestMosquitto;
 pub use wait::{WAIT_DEADLINE, wait_for};

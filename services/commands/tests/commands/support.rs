@@ -12,8 +12,9 @@ use ferrite_fleet::Fleet;
 use ferrite_ingester::Ingester;
 use ferrite_mqtt::{Event, Message, PublishProperties, QoS, Session, SessionConfig};
 use ferrite_registry::{ApiExtension, Config, Registry};
+pub use ferrite_testkit::HttpResponse;
+use ferrite_testkit::http_request;
 use ferrite_testkit::{TestBroker, TestDb, WAIT_DEADLINE, wait_for};
-use http_body_util::{BodyExt, Full};
 use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -206,56 +207,8 @@ impl RawDevice {
     }
 }
 
-/// An HTTP response, read to the end.
-#[derive(Debug)]
-pub struct HttpResponse {
-    pub status: u16,
-    pub headers: hyper::HeaderMap,
-    pub body: Vec<u8>,
-}
-
-impl HttpResponse {
-    pub fn json(&self) -> Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|err| {
-            panic!("status {} body is not JSON ({err}): {}", self.status, String::from_utf8_lossy(&self.body))
-        })
-    }
-
-    /// Asserts the status and returns the JSON body.
-    #[track_caller]
-    pub fn expect(&self, status: u16) -> Value {
-        assert_eq!(self.status, status, "body: {}", String::from_utf8_lossy(&self.body));
-        self.json()
-    }
-
-    /// Asserts the status and that the body is `{"error": "<non-empty>"}`; returns the message.
-    #[track_caller]
-    pub fn expect_error(&self, status: u16) -> String {
-        assert_eq!(self.status, status, "body: {}", String::from_utf8_lossy(&self.body));
-        let content_type = self.headers.get("content-type").and_then(|value| value.to_str().ok());
-        assert_eq!(content_type, Some("application/json"), "status {status}");
-        let body = self.json();
-        let message = body["error"].as_str().unwrap_or_else(|| panic!("no error message in {body}"));
-        assert!(!message.is_empty());
-        assert_eq!(body.as_object().map(|object| object.len()), Some(1), "only `error` in {body}");
-        message.to_owned()
-    }
-}
-
 /// One HTTP/1.1 request over a real socket, with a JSON body when given.
 pub async fn http(method: &str, url: &str, body: Option<&Value>) -> anyhow::Result<HttpResponse> {
-    let client =
-        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http::<Full<Bytes>>();
-    let request = hyper::Request::builder().method(method).uri(url);
-    let request = match body {
-        Some(body) => {
-            request.header("content-type", "application/json").body(Full::new(Bytes::from(body.to_string())))?
-        }
-        None => request.body(Full::new(Bytes::new()))?,
-    };
-    let response = client.request(request).await?;
-    let status = response.status().as_u16();
-    let headers = response.headers().clone();
-    let body = response.into_body().collect().await?.to_bytes().to_vec();
-    Ok(HttpResponse { status, headers, body })
+    let body = body.map(Value::to_string);
+    http_request(method, url, None, body.as_deref().map(|body| ("application/json", body))).await
 }

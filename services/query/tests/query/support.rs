@@ -3,13 +3,13 @@
 
 use std::net::SocketAddr;
 
-use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use ferrite_proto::v1::telemetry_client::TelemetryClient;
 use ferrite_query::{LiveFeed, Telemetry};
 use ferrite_registry::{Config, Registry};
+pub use ferrite_testkit::HttpResponse;
 use ferrite_testkit::TestDb;
-use http_body_util::{BodyExt, Full};
+use ferrite_testkit::http_request;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, Endpoint};
@@ -122,54 +122,7 @@ impl Drop for TestApp {
     }
 }
 
-/// An HTTP response, read to the end.
-#[derive(Debug)]
-pub struct HttpResponse {
-    pub status: u16,
-    pub headers: hyper::HeaderMap,
-    pub body: Vec<u8>,
-}
-
-impl HttpResponse {
-    #[track_caller]
-    pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|err| {
-            panic!("status {} body is not JSON ({err}): {}", self.status, String::from_utf8_lossy(&self.body))
-        })
-    }
-
-    /// Asserts status 200 and returns the JSON body.
-    #[track_caller]
-    pub fn ok(&self) -> serde_json::Value {
-        assert_eq!(self.status, 200, "body: {}", String::from_utf8_lossy(&self.body));
-        self.json()
-    }
-
-    /// Asserts the status and that the body is `{"error": "<non-empty>"}`; returns the message.
-    #[track_caller]
-    pub fn expect_error(&self, status: u16) -> String {
-        assert_eq!(self.status, status, "body: {}", String::from_utf8_lossy(&self.body));
-        let content_type = self.headers.get("content-type").and_then(|value| value.to_str().ok());
-        assert_eq!(content_type, Some("application/json"), "status {status}");
-        let body = self.json();
-        let message = body["error"].as_str().unwrap_or_else(|| panic!("no error message in {body}"));
-        assert!(!message.is_empty());
-        assert_eq!(body.as_object().map(|object| object.len()), Some(1), "only `error` in {body}");
-        message.to_owned()
-    }
-}
-
 /// One HTTP/1.1 GET over a real socket, with a bearer token when given.
 pub async fn http(url: &str, token: Option<&str>) -> anyhow::Result<HttpResponse> {
-    let client =
-        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http::<Full<Bytes>>();
-    let mut request = hyper::Request::builder().method("GET").uri(url);
-    if let Some(token) = token {
-        request = request.header("authorization", format!("Bearer {token}"));
-    }
-    let response = client.request(request.body(Full::new(Bytes::new()))?).await?;
-    let status = response.status().as_u16();
-    let headers = response.headers().clone();
-    let body = response.into_body().collect().await?.to_bytes().to_vec();
-    Ok(HttpResponse { status, headers, body })
+    http_request("GET", url, token, None).await
 }

@@ -3,11 +3,11 @@
 
 use std::net::SocketAddr;
 
-use bytes::Bytes;
 use ferrite_proto::v1::device_registry_client::DeviceRegistryClient;
 use ferrite_registry::{Config, NewDevice, Registry, RegistryService};
+pub use ferrite_testkit::HttpResponse;
 use ferrite_testkit::TestDb;
-use http_body_util::{BodyExt, Full};
+use ferrite_testkit::http_request;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, Endpoint};
@@ -102,35 +102,6 @@ impl Drop for TestRegistry {
     }
 }
 
-/// An HTTP response, read to the end.
-#[derive(Debug)]
-pub struct HttpResponse {
-    pub status: u16,
-    pub headers: hyper::HeaderMap,
-    pub body: Vec<u8>,
-}
-
-impl HttpResponse {
-    pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|err| {
-            panic!("status {} body is not JSON ({err}): {}", self.status, String::from_utf8_lossy(&self.body))
-        })
-    }
-
-    /// Asserts the status and that the body is `{"error": "<non-empty>"}`; returns the message.
-    #[track_caller]
-    pub fn expect_error(&self, status: u16) -> String {
-        assert_eq!(self.status, status, "body: {}", String::from_utf8_lossy(&self.body));
-        let content_type = self.headers.get("content-type").and_then(|value| value.to_str().ok());
-        assert_eq!(content_type, Some("application/json"), "status {status}");
-        let body = self.json();
-        let message = body["error"].as_str().unwrap_or_else(|| panic!("no error message in {body}"));
-        assert!(!message.is_empty());
-        assert_eq!(body.as_object().map(|object| object.len()), Some(1), "only `error` in {body}");
-        message.to_owned()
-    }
-}
-
 /// One HTTP/1.1 request over a real socket; `body` is sent with `content_type` when given.
 pub async fn http(
     method: &str,
@@ -138,23 +109,7 @@ pub async fn http(
     token: Option<&str>,
     body: Option<(&str, &str)>,
 ) -> anyhow::Result<HttpResponse> {
-    let client =
-        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http::<Full<Bytes>>();
-    let mut request = hyper::Request::builder().method(method).uri(url);
-    if let Some(token) = token {
-        request = request.header("authorization", format!("Bearer {token}"));
-    }
-    let request = match body {
-        Some((content_type, body)) => {
-            request.header("content-type", content_type).body(Full::new(Bytes::from(body.to_owned())))?
-        }
-        None => request.body(Full::new(Bytes::new()))?,
-    };
-    let response = client.request(request).await?;
-    let status = response.status().as_u16();
-    let headers = response.headers().clone();
-    let body = response.into_body().collect().await?.to_bytes().to_vec();
-    Ok(HttpResponse { status, headers, body })
+    http_request(method, url, token, body).await
 }
 
 /// A JSON request body.
