@@ -6,6 +6,7 @@
 # ratios ours/mosquitto from `ferrite bench compare`. Reports (JSON) and broker logs stay in --out.
 #
 # Usage: scripts/bench-ab.sh [--rounds N] [--duration 10s] [--only NAME[,NAME...]] [--idle N] [--no-build] [--out DIR]
+# FERRITE=/path/to/ferrite measures another build (e.g. a copy from before a change) instead of target/release/ferrite.
 # Scenario names: fanin-q0 fanin-q1 fanin-q1-8k fanout-q0 fanout-q1 fanout-q1-1k shared-q1 idle
 set -euo pipefail
 
@@ -44,7 +45,7 @@ if [[ "$build" == 1 ]]; then
     echo "building target/release/ferrite ..." >&2
     cargo build --release --locked -p ferrite >&2
 fi
-ferrite=target/release/ferrite
+ferrite="${FERRITE:-target/release/ferrite}"
 [[ -x "$ferrite" ]] || { echo "error: $ferrite missing (run without --no-build)" >&2; exit 1; }
 
 # Idle connections need a file descriptor each, on both sides.

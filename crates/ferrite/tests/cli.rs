@@ -110,3 +110,87 @@ async fn up_runs_the_platform_and_stops_cleanly() -> anyhow::Result<()> {
         .await?;
     Ok(())
 }
+
+/// Runs a Mosquitto command-line client to completion (they are the reference third-party clients).
+fn mosquitto_client(program: &str, args: &[&str]) -> std::process::Output {
+    Command::new(program).args(args).output().unwrap_or_else(|error| {
+        panic!("cannot run {program} ({error}): install the Mosquitto clients (apt-get install mosquitto-clients)")
+    })
+}
+
+/// A message the broker discards is counted on `/metrics` by reason and QoS: here a v5 message whose
+/// expiry passed while its (persistent) subscriber was away.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_counts_the_messages_it_drops() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut child = ferrite()
+        .args(["broker", "--mqtt-addr", "127.0.0.1:0", "--metrics-addr", "127.0.0.1:0", "--allow-anonymous"])
+        .arg("--data-dir")
+        .arg(dir.path().join("broker"))
+        .env_remove("DATABASE_URL")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()?;
+    let stdout = child.stdout.take().context("stdout is piped")?;
+    let (mqtt, metrics) = tokio::task::spawn_blocking(move || -> anyhow::Result<(String, String)> {
+        let (mut mqtt, mut metrics) = (None, None);
+        for line in BufReader::new(stdout).lines() {
+            let line = line?;
+            let line = line.trim();
+            if let Some(addr) = line.strip_prefix("MQTT").and_then(|rest| rest.trim().strip_prefix("mqtt://")) {
+                mqtt = Some(addr.to_owned());
+            }
+            if let Some(url) = line.strip_prefix("Metrics").map(str::trim) {
+                metrics = Some(url.to_owned());
+            }
+            if let (Some(mqtt), Some(metrics)) = (&mqtt, &metrics) {
+                return Ok((mqtt.clone(), metrics.clone()));
+            }
+        }
+        anyhow::bail!("`ferrite broker` ended before printing its MQTT and metrics addresses")
+    })
+    .await??;
+    let (host, port) = mqtt.rsplit_once(':').context("host:port")?;
+    let common = ["-h", host, "-p", port, "-V", "5", "-q", "1"];
+
+    // A persistent session subscribes and leaves; a message with a 1 s expiry is queued for it; it comes back later.
+    let session = ["-i", "drop-counter", "-c", "-x", "600", "-t", "expiring/#"];
+    let subscribed = mosquitto_client("mosquitto_sub", &[&common[..], &session, &["-E"]].concat());
+    assert!(subscribed.status.success(), "mosquitto_sub -E: {subscribed:?}");
+    let published = mosquitto_client(
+        "mosquitto_pub",
+        &[&common[..], &["-t", "expiring/now", "-m", "stale", "-D", "publish", "message-expiry-interval", "1"]]
+            .concat(),
+    );
+    assert!(published.status.success(), "mosquitto_pub: {published:?}");
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    let back = mosquitto_client("mosquitto_sub", &[&common[..], &session, &["-W", "2"]].concat());
+    assert!(String::from_utf8_lossy(&back.stdout).is_empty(), "the expired message was delivered: {back:?}");
+
+    let dropped = |text: &str| {
+        text.lines().any(|line| {
+            line.starts_with("ferrite_broker_messages_dropped_total")
+                && line.contains(r#"reason="expired""#)
+                && line.contains(r#"qos="1""#)
+                && line.ends_with(" 1")
+        })
+    };
+    let scrape = || async {
+        ferrite_testkit::http_request("GET", &metrics, None, None)
+            .await
+            .map(|response| String::from_utf8_lossy(&response.body).into_owned())
+            .unwrap_or_default()
+    };
+    let counted = wait_for("the expired message on /metrics", || async { dropped(&scrape().await) }).await;
+    if let Err(error) = counted {
+        let text = scrape().await;
+        return Err(error.context(format!("/metrics was:\n{text}")));
+    }
+
+    let pid = child.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status()?.success());
+    let status = tokio::task::spawn_blocking(move || child.wait()).await??;
+    assert!(status.success(), "ferrite broker exited with {status}");
+    Ok(())
+}

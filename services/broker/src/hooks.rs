@@ -190,8 +190,11 @@ impl Handler for AuthHandler {
                 self.requeue_unwritten(session).await;
                 (true, acc)
             }
-            Parameter::MessageDropped(Some(to), from, publish, reason) => {
-                self.redirect_dropped(to, from, publish, reason).await;
+            Parameter::MessageDropped(to, from, publish, reason) => {
+                count_dropped(publish, reason);
+                if let Some(to) = to {
+                    self.redirect_dropped(to, from, publish, reason).await;
+                }
                 (true, acc)
             }
             Parameter::ClientSubscribeCheckAcl(session, subscribe) => {
@@ -458,6 +461,26 @@ impl AuthHandler {
 
 /// Whether rmqtt removes this session when its connection ends, as it decides in `SessionState::run`:
 /// v3.1.1 by the clean session flag, v5 by a session expiry interval of zero.
+/// Counts a message the broker discarded, by why and at which QoS.
+///
+/// A QoS 1/2 message dropped for a full queue was already acknowledged to its publisher: this counter is
+/// the only trace of that loss (the overload case in BENCHMARKS.md). Messages later forwarded to a
+/// successor session during a takeover are counted too; they are not lost.
+fn count_dropped(publish: &Publish, reason: &Reason) {
+    let reason = match reason {
+        Reason::MessageQueueFull => "queue_full",
+        Reason::MessageExpiration => "expired",
+        Reason::SessionExpiration => "session_expired",
+        _ => "other",
+    };
+    let qos = match publish.qos {
+        QoS::AtMostOnce => "0",
+        QoS::AtLeastOnce => "1",
+        QoS::ExactlyOnce => "2",
+    };
+    metrics::counter!("ferrite_broker_messages_dropped_total", "reason" => reason, "qos" => qos).increment(1);
+}
+
 async fn will_be_removed(session: &Session) -> bool {
     match session.connect_info().await {
         Ok(connect_info) => match connect_info.as_ref() {
