@@ -35,6 +35,10 @@ nextest *flags:
 bench *flags:
     bash scripts/bench-ab.sh {{flags}}
 
+# Pipeline benchmark: `ferrite up` on spare ports, readings to PostgreSQL and browsers (e.g. `just bench-pipeline -- --rate 10000`).
+bench-pipeline *flags:
+    bash scripts/bench-pipeline.sh {{flags}}
+
 # Format the code.
 fmt:
     cargo fmt --all
