@@ -228,6 +228,11 @@ pub struct IngestArgs {
     /// Longest a reading waits for its batch to fill (e.g. 50ms).
     #[arg(long, env = "FERRITE_BATCH_INTERVAL", default_value = "50ms", value_parser = humantime::parse_duration)]
     pub batch_interval: Duration,
+    /// MQTT sessions of this ingester on the shared group, receiving in parallel (1 to 64; 1 with --shared-group none).
+    /// Their client ids are <ingester-id> and <ingester-id>-1, -2, ...; device status goes to the first only, to keep its order.
+    /// Keep the number stable across restarts: a session left out keeps its queue at the broker until it expires (7 days).
+    #[arg(long = "sessions", env = "FERRITE_INGEST_SESSIONS", default_value_t = ferrite_ingester::DEFAULT_SESSIONS)]
+    pub sessions: usize,
 }
 
 /// How long stored readings are kept.
@@ -425,6 +430,11 @@ fn check_ingest(ingest: &IngestArgs) -> anyhow::Result<()> {
     anyhow::ensure!(ingest.batch_size > 0, "--batch-size must be at least 1");
     anyhow::ensure!(!ingest.batch_interval.is_zero(), "--batch-interval must be above zero");
     anyhow::ensure!(
+        (1..=ferrite_ingester::MAX_SESSIONS).contains(&ingest.sessions),
+        "--sessions must be between 1 and {}",
+        ferrite_ingester::MAX_SESSIONS
+    );
+    anyhow::ensure!(
         ingest.shared_group.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-'),
         "--shared-group may hold only A-Z a-z 0-9 _ -"
     );
@@ -440,6 +450,7 @@ impl IngestArgs {
         config.qos = self.ingest_qos.into();
         config.batch_size = self.batch_size;
         config.batch_interval = self.batch_interval;
+        config.sessions = self.sessions;
         config
     }
 }

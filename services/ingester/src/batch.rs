@@ -118,6 +118,14 @@ impl Batch {
         std::mem::take(&mut self.messages)
     }
 
+    /// Moves the parsed rows of `other` after this batch's own, so that one transaction writes several batches;
+    /// `other` keeps its messages and spans for its acknowledgements.
+    pub fn take_rows_from(&mut self, other: &mut Batch) {
+        self.readings.append(&mut other.readings);
+        self.dead_letters.append(&mut other.dead_letters);
+        self.presence.append(&mut other.presence);
+    }
+
     /// Takes the spans of the traced messages out of the batch (before [`Batch::take_messages`]).
     pub fn take_traces(&mut self) -> Vec<Span> {
         std::mem::take(&mut self.traces)

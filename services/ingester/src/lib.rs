@@ -1,41 +1,60 @@
 //! The ingester: sensor readings and device presence from MQTT into PostgreSQL.
 //!
-//! It holds a persistent MQTT session, subscribed through a shared subscription so that several
-//! ingesters split the load, and receives with manual acknowledgements: a QoS 1/2 message is
-//! acknowledged only after the transaction holding its rows has committed, in arrival order.
+//! It holds persistent MQTT sessions, subscribed through a shared subscription so that several
+//! ingesters (and the several sessions of one ingester) split the load, and receives with manual
+//! acknowledgements: a QoS 1/2 message is acknowledged only after the transaction holding its rows
+//! has committed, and each session acknowledges in arrival order.
 //! If the process dies before that, the broker redelivers, and the readings' primary key
 //! `(device_id, metric, ts)` makes the second insert a no-op, so each reading is stored once.
 //!
+//! Receiving and committing overlap: each session ([`lane`]) parses messages into its next batch while the
+//! writers ([`writer`]) commit the previous ones, several sessions' batches in one transaction.
+//! [`Config::sessions`] spreads the receiving over several broker connections.
+//!
 //! # Layout
 //! - [`Config`], [`Ingester`] (`bind` / `run`), [`Stats`].
+//! - [`lane`]: one session: receiving into batches, and why acknowledgements stay in arrival order.
+//! - [`writer`]: committing the sessions' batches together, then acknowledging them.
 //! - [`batch`]: turning messages into rows, dead letters and presence changes.
 //! - [`store`]: writing one batch in one transaction.
 //! - [`trace`]: the spans that continue a reading's trace (`ingest.message`, `ingest.commit`, `ingest.stored`).
 
 pub mod batch;
+pub mod lane;
 pub mod store;
 pub mod trace;
+pub mod writer;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use ferrite_mqtt::{BrokerUrl, Event, QoS, Session, SessionConfig};
+use ferrite_mqtt::{BrokerUrl, QoS, SessionConfig};
 use sqlx::PgPool;
-use tokio::time::Instant;
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tracing::Instrument;
 
-use crate::batch::Batch;
+use crate::lane::Lane;
 
 /// Rows per transaction: big enough to amortise the commit, small enough to keep latency low.
 pub const DEFAULT_BATCH_SIZE: usize = 2000;
 /// The longest a reading waits for its batch to fill before it is written anyway.
 pub const DEFAULT_BATCH_INTERVAL: Duration = Duration::from_millis(50);
+/// MQTT sessions per ingester. Measured with `ferrite bench pipeline` (100 devices flat out, 2 cores; BENCHMARKS.md):
+/// one session committed ~10,000 rows/s and its queue at the broker overflowed, 2 sessions ~13,600 rows/s and still
+/// overflowed, 4 kept up with zero loss (the broker keeps a queue per session), 8 cost the broker more than they gained.
+/// Sessions only receive; the writers ([`writer::WRITERS`]) hold the database connections.
+pub const DEFAULT_SESSIONS: usize = 4;
+/// The most sessions one ingester may run: each is a broker connection and a persistent session at the broker.
+pub const MAX_SESSIONS: usize = 64;
 /// How long the broker keeps our session (and queues for us) while no ingester is connected.
 pub const SESSION_EXPIRY_SECS: u32 = 7 * 24 * 3600;
-/// Longest pause between retries of a batch the database refused for a transient reason.
-const MAX_RETRY_PAUSE: Duration = Duration::from_secs(5);
+/// Sensor readings, single (`sensors/{device}/{metric}`) and batched (`sensors/{device}`).
+const READINGS_FILTER: &str = "sensors/#";
+/// Device presence (`devices/{device}/status`).
+const STATUS_FILTER: &str = "devices/+/status";
+/// How often the upcoming daily partitions are checked (they are kept a week ahead).
+const PARTITION_CHECK: Duration = Duration::from_secs(3600);
 
 /// How the ingester connects and batches.
 #[derive(Clone, Debug)]
@@ -49,6 +68,9 @@ pub struct Config {
     pub qos: QoS,
     pub batch_size: usize,
     pub batch_interval: Duration,
+    /// MQTT sessions on the same shared group, each receiving into its own batches (1 to [`MAX_SESSIONS`]);
+    /// their client ids come from [`Config::session_client_id`].
+    pub sessions: usize,
 }
 
 impl Config {
@@ -61,18 +83,65 @@ impl Config {
             qos: QoS::AtLeastOnce,
             batch_size: DEFAULT_BATCH_SIZE,
             batch_interval: DEFAULT_BATCH_INTERVAL,
+            sessions: DEFAULT_SESSIONS,
         }
+    }
+
+    /// The client id of session `index` (from 0): the configured id itself for the first session, so that
+    /// an ingester keeps the persistent session (and whatever the broker queued in it) that it had before it ran
+    /// several, and `{client_id}-{index}` for the others. The ids are stable, so a restarted ingester with the
+    /// same `sessions` takes over every one of its sessions and their queues.
+    pub fn session_client_id(&self, index: usize) -> String {
+        match index {
+            0 => self.client_id.clone(),
+            _ => format!("{}-{index}", self.client_id),
+        }
+    }
+
+    /// The session configuration of session `index`: persistent, manual acks, our subscriptions.
+    pub fn session_config(&self, index: usize) -> SessionConfig {
+        let mut session = SessionConfig::new(self.broker.clone(), self.session_client_id(index));
+        session.credentials = self.credentials.clone();
+        session.clean_start = false;
+        session.session_expiry = Some(SESSION_EXPIRY_SECS);
+        session.manual_acks = true;
+        // Acks wait for the batch's commit, and a session holds up to two batches at once (one committing,
+        // one filling), so the broker must be allowed two whole batches in flight.
+        let in_flight = self.batch_size.saturating_mul(lane::BATCHES_IN_FLIGHT);
+        session.receive_maximum = Some(u16::try_from(in_flight).unwrap_or(u16::MAX).max(1));
+        session.subscriptions = self.session_filters(index).into_iter().map(|filter| (filter, self.qos)).collect();
+        session
     }
 
     /// The subscription filters, shared when a group is set.
     pub fn filters(&self) -> Vec<String> {
-        ["sensors/#", "devices/+/status"]
-            .iter()
-            .map(|filter| match &self.shared_group {
-                Some(group) => format!("$share/{group}/{filter}"),
-                None => (*filter).to_owned(),
-            })
-            .collect()
+        [READINGS_FILTER, STATUS_FILTER].iter().map(|filter| self.shared(filter)).collect()
+    }
+
+    /// How many sessions run: [`Config::sessions`], or one without a shared group, since every session of a
+    /// plain subscription would receive every message.
+    pub fn session_count(&self) -> usize {
+        if self.shared_group.is_some() { self.sessions } else { 1 }
+    }
+
+    /// The filters of session `index`: every session takes readings, only the first takes device status.
+    ///
+    /// A device's `online` and `offline` must be applied in the order it sent them (the last one wins), and only
+    /// one session keeps that order: the broker spreads a shared subscription's messages over its sessions, which
+    /// receive and commit independently. Readings need no such order: each carries its time, and the latest value
+    /// is chosen by that time.
+    pub fn session_filters(&self, index: usize) -> Vec<String> {
+        match index {
+            0 => self.filters(),
+            _ => vec![self.shared(READINGS_FILTER)],
+        }
+    }
+
+    fn shared(&self, filter: &str) -> String {
+        match &self.shared_group {
+            Some(group) => format!("$share/{group}/{filter}"),
+            None => filter.to_owned(),
+        }
     }
 }
 
@@ -85,7 +154,7 @@ pub struct Stats {
     pub dead_lettered: AtomicU64,
     pub presence_updates: AtomicU64,
     pub batches: AtomicU64,
-    /// True once the broker has granted our subscriptions.
+    /// True once the broker has granted the subscriptions of every session.
     pub subscribed: AtomicBool,
 }
 
@@ -103,8 +172,14 @@ pub struct Ingester {
 }
 
 impl Ingester {
-    /// Checks the database is reachable and has today's partitions; the MQTT session starts in `run`.
+    /// Checks the configuration, that the database is reachable and has today's partitions; the MQTT sessions start in `run`.
     pub async fn bind(config: Config, pool: PgPool) -> anyhow::Result<Ingester> {
+        anyhow::ensure!(
+            (1..=MAX_SESSIONS).contains(&config.sessions),
+            "the ingester needs 1 to {MAX_SESSIONS} sessions, not {}",
+            config.sessions
+        );
+        anyhow::ensure!(config.batch_size > 0, "the ingester's batch size must be at least 1");
         store::ensure_partitions(&pool).await?;
         Ok(Ingester { config, pool, stats: Arc::default() })
     }
@@ -113,129 +188,113 @@ impl Ingester {
         self.stats.clone()
     }
 
-    /// Runs until `shutdown`; then writes and acknowledges what it holds and disconnects cleanly.
+    /// Runs until `shutdown`; then every session writes and acknowledges what it holds and disconnects cleanly.
+    ///
+    /// Dropping (or aborting) the future stops the ingester as a crash would: every session stops receiving at once,
+    /// a transaction already in progress may still commit, and nothing more is acknowledged; the broker redelivers
+    /// the rest, and the primary key skips what was committed.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let Ingester { config, pool, stats } = self;
-        let mut session_config = SessionConfig::new(config.broker.clone(), config.client_id.clone());
-        session_config.credentials = config.credentials.clone();
-        session_config.clean_start = false;
-        session_config.session_expiry = Some(SESSION_EXPIRY_SECS);
-        session_config.manual_acks = true;
-        // Acks wait for the batch's commit, so the broker must be allowed a whole batch in flight.
-        session_config.receive_maximum = Some(u16::try_from(config.batch_size).unwrap_or(u16::MAX).max(1));
-        session_config.subscriptions = config.filters().into_iter().map(|filter| (filter, config.qos)).collect();
-        let (session, mut events) = Session::start(session_config);
-        tracing::info!(broker = %config.broker, client_id = %config.client_id, filters = ?config.filters(), "ingester starting");
-
-        let mut batch = Batch::default();
-        let mut deadline: Option<Instant> = None;
-        let mut partitions_checked = Instant::now();
+        tracing::info!(
+            broker = %config.broker,
+            client_id = %config.client_id,
+            sessions = config.session_count(),
+            filters = ?config.filters(),
+            "ingester starting"
+        );
+        // One session stopping on its own (it cannot, short of a bug) stops the others gracefully.
+        let stop = shutdown.child_token();
+        let sessions = config.session_count();
+        let subscribed = Arc::new(AtomicUsize::new(0));
+        let (handover, queue) = writer::queue(sessions);
+        // The writers are not aborted when this future is dropped: see `KillSwitch`.
+        let _kill_switch = queue.kill_switch(stop.clone());
+        let writers: Vec<_> = (0..writer::WRITERS.min(sessions))
+            .map(|_| tokio::spawn(writer::run(pool.clone(), queue.clone(), stats.clone(), stop.clone())))
+            .collect();
+        // A JoinSet aborts its tasks when dropped, so a killed ingester leaves no session behind.
+        let mut lanes = JoinSet::new();
+        for index in 0..sessions {
+            let lane = Lane {
+                index,
+                session: config.session_config(index),
+                batch_size: config.batch_size,
+                batch_interval: config.batch_interval,
+                stats: stats.clone(),
+                subscribed: lane::Subscribed { sessions: subscribed.clone(), of: sessions },
+            };
+            lanes.spawn(lane.run(stop.clone(), handover.clone()));
+        }
+        // The writers stop once every session has dropped its sender.
+        drop(handover);
+        let mut partitions = tokio::time::interval_at(tokio::time::Instant::now() + PARTITION_CHECK, PARTITION_CHECK);
+        let mut result = Ok(());
         loop {
-            let flush_at = deadline.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
             tokio::select! {
-                biased;
-                _ = shutdown.cancelled() => break,
-                event = events.recv() => match event {
-                    Some(Event::Message(message)) => {
-                        stats.received.fetch_add(1, Ordering::Relaxed);
-                        metrics::counter!("ferrite_ingester_received_total").increment(1);
-                        batch.push(message);
-                        deadline.get_or_insert_with(|| Instant::now() + config.batch_interval);
-                        if batch.len() >= config.batch_size {
-                            flush(&pool, &session, &mut batch, &stats, &shutdown).await;
-                            deadline = None;
-                        }
+                joined = lanes.join_next() => {
+                    let failure = match joined {
+                        None => break,
+                        Some(Ok(Ok(()))) => continue,
+                        Some(Ok(Err(error))) => error,
+                        Some(Err(error)) => anyhow::Error::new(error).context("an ingester session panicked"),
+                    };
+                    if !stop.is_cancelled() {
+                        tracing::error!(error = %failure, "an ingester session stopped; stopping the others");
+                        stop.cancel();
                     }
-                    Some(Event::Connected { session_present }) => {
-                        tracing::info!(session_present, "ingester connected to the broker");
-                        // A kept session keeps its subscriptions: no SUBSCRIBE, so no SubAck, will follow.
-                        if session_present {
-                            stats.subscribed.store(true, Ordering::Relaxed);
-                        }
+                    if result.is_ok() {
+                        result = Err(failure);
                     }
-                    Some(Event::Subscribed { refused }) => {
-                        if refused == 0 {
-                            stats.subscribed.store(true, Ordering::Relaxed);
-                        } else {
-                            tracing::error!(refused, "the broker refused the ingester's subscriptions");
-                        }
-                    }
-                    Some(Event::Disconnected { error }) => {
-                        tracing::warn!(%error, "ingester lost the broker; reconnecting");
-                        // What we hold is valid data: store it now. Its acks would be stale, and the
-                        // broker redelivers those messages, which the primary key then ignores.
-                        flush(&pool, &session, &mut batch, &stats, &shutdown).await;
-                        deadline = None;
-                    }
-                    None => break,
-                },
-                _ = tokio::time::sleep_until(flush_at), if deadline.is_some() => {
-                    flush(&pool, &session, &mut batch, &stats, &shutdown).await;
-                    deadline = None;
                 }
-            }
-            if partitions_checked.elapsed() > Duration::from_secs(3600) {
-                partitions_checked = Instant::now();
-                if let Err(error) = store::ensure_partitions(&pool).await {
-                    tracing::warn!(%error, "could not create upcoming readings partitions");
+                _ = partitions.tick() => {
+                    if let Err(error) = store::ensure_partitions(&pool).await {
+                        tracing::warn!(%error, "could not create upcoming readings partitions");
+                    }
                 }
             }
         }
-        flush(&pool, &session, &mut batch, &stats, &CancellationToken::new()).await;
-        let left = session.close(Duration::from_secs(2)).await;
-        tracing::info!(stored = stats.stored(), left, "ingester stopped");
-        Ok(())
+        for writer in writers {
+            if let Err(error) = writer.await {
+                tracing::error!(%error, "an ingester writer panicked");
+            }
+        }
+        tracing::info!(stored = stats.stored(), "ingester stopped");
+        result
     }
 }
 
-/// Writes the batch and then acknowledges its messages in arrival order.
-///
-/// A transient database failure is retried with backoff and nothing is acknowledged meanwhile,
-/// so the broker keeps the messages. During shutdown retries stop and the messages stay unacknowledged
-/// for the next run.
-async fn flush(pool: &PgPool, session: &Session, batch: &mut Batch, stats: &Stats, shutdown: &CancellationToken) {
-    if batch.is_empty() {
-        return;
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn session_client_ids_are_stable_and_distinct() {
+        let mut config = Config::new("mqtt://127.0.0.1:1883".parse().expect("a valid url"));
+        config.client_id = "ingest-a".into();
+        let ids: Vec<String> = (0..3).map(|index| config.session_client_id(index)).collect();
+        assert_eq!(ids, ["ingest-a", "ingest-a-1", "ingest-a-2"]);
+        assert_eq!(config.session_config(2).client_id, "ingest-a-2");
     }
-    let commit = trace::commit_span(batch.len(), batch.traces());
-    let mut pause = Duration::from_millis(100);
-    let outcome = loop {
-        let started = std::time::Instant::now();
-        match store::write(pool, batch).instrument(commit.clone()).await {
-            Ok(outcome) => {
-                metrics::histogram!("ferrite_ingester_commit_seconds").record(started.elapsed().as_secs_f64());
-                break Some(outcome);
-            }
-            Err(error) => {
-                tracing::warn!(%error, rows = batch.len(), "writing a batch failed; retrying");
-                metrics::counter!("ferrite_ingester_write_errors_total").increment(1);
-                tokio::select! {
-                    _ = tokio::time::sleep(pause) => {}
-                    _ = shutdown.cancelled() => break None,
-                }
-                pause = (pause * 2).min(MAX_RETRY_PAUSE);
-            }
-        }
-    };
-    let traces = batch.take_traces();
-    let messages = batch.take_messages();
-    let Some(outcome) = outcome else {
-        return;
-    };
-    for message in &messages {
-        if let Err(error) = session.ack(message) {
-            tracing::warn!(%error, "could not acknowledge a message");
-        }
+
+    #[test]
+    fn only_the_first_session_takes_device_status() {
+        let config = Config::new("mqtt://127.0.0.1:1883".parse().expect("a valid url"));
+        assert_eq!(config.session_filters(0), ["$share/ingest/sensors/#", "$share/ingest/devices/+/status"]);
+        assert_eq!(config.session_filters(1), ["$share/ingest/sensors/#"]);
+        let direct = Config { shared_group: None, ..config };
+        assert_eq!(direct.session_filters(0), ["sensors/#", "devices/+/status"]);
+        assert_eq!(direct.session_count(), 1);
     }
-    trace::committed(&commit, &outcome, traces);
-    tracing::debug!(messages = messages.len(), ?outcome, "batch committed");
-    stats.stored.fetch_add(outcome.stored, Ordering::Relaxed);
-    stats.duplicates.fetch_add(outcome.duplicates, Ordering::Relaxed);
-    stats.dead_lettered.fetch_add(outcome.dead_lettered, Ordering::Relaxed);
-    stats.presence_updates.fetch_add(outcome.presence_updates, Ordering::Relaxed);
-    stats.batches.fetch_add(1, Ordering::Relaxed);
-    metrics::counter!("ferrite_ingester_stored_total").increment(outcome.stored);
-    metrics::counter!("ferrite_ingester_duplicates_total").increment(outcome.duplicates);
-    metrics::counter!("ferrite_ingester_dead_letters_total").increment(outcome.dead_lettered);
-    metrics::histogram!("ferrite_ingester_batch_messages").record(messages.len() as f64);
+
+    #[test]
+    fn receive_maximum_allows_two_batches() {
+        let mut config = Config::new("mqtt://127.0.0.1:1883".parse().expect("a valid url"));
+        let check = |batch_size: usize, expected: u16, config: &mut Config| {
+            config.batch_size = batch_size;
+            assert_eq!(config.session_config(0).receive_maximum, Some(expected), "batch size {batch_size}");
+        };
+        check(1, 2, &mut config);
+        check(2000, 4000, &mut config);
+        check(40_000, u16::MAX, &mut config);
+    }
 }

@@ -166,7 +166,9 @@ async fn killed_ingester_loses_and_doubles_nothing(broker: &BrokerUrl) -> anyhow
         30
     );
     assert!(stored_before < 3000, "the first ingester was killed before the end ({stored_before} stored)");
-    assert_eq!(second_stats.stored() + stored_before, 3000);
+    // Counted again now: a transaction the first ingester had in progress when it was killed may have finished
+    // after the kill; its rows count for the first ingester, unacknowledged, and came back to the second as duplicates.
+    assert_eq!(second_stats.stored() + first_stats.stored(), 3000, "every row was counted by exactly one ingester");
     second_stop.cancel();
     second_task.await??;
     Ok(())
@@ -212,20 +214,21 @@ async fn garbage_goes_to_dead_letters(broker: &BrokerUrl) -> anyhow::Result<()> 
     .await?;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(count(&db, "SELECT count(*) FROM readings").await?, 5);
+    // Ordered by topic, not by arrival: the ingester's sessions share the messages and commit independently.
     let letters: Vec<(String, Vec<u8>, String)> =
-        sqlx::query_as("SELECT topic, payload, reason FROM dead_letters ORDER BY id").fetch_all(db.pool()).await?;
+        sqlx::query_as("SELECT topic, payload, reason FROM dead_letters ORDER BY topic").fetch_all(db.pool()).await?;
     let summary: Vec<(&str, &[u8])> =
         letters.iter().map(|(topic, payload, _)| (topic.as_str(), payload.as_slice())).collect();
     assert_eq!(
         summary,
         vec![
-            ("sensors/dev-1/temperature", b"garbage".as_slice()),
-            ("sensors/dev-1/humidity", br#"{"value": "wet"}"#.as_slice()),
-            ("sensors/dev-1/too/deep", b"1".as_slice()),
             ("devices/dev-1/status", b"maybe".as_slice()),
+            ("sensors/dev-1/humidity", br#"{"value": "wet"}"#.as_slice()),
+            ("sensors/dev-1/temperature", b"garbage".as_slice()),
+            ("sensors/dev-1/too/deep", b"1".as_slice()),
         ]
     );
-    assert!(letters[0].2.contains("neither a number"), "reason: {}", letters[0].2);
+    assert!(letters[2].2.contains("neither a number"), "reason: {}", letters[2].2);
     assert!(letters[1].2.contains("invalid JSON"), "reason: {}", letters[1].2);
     assert_eq!(stats.dead_lettered.load(Ordering::Relaxed), 4);
     let latest: f64 =
