@@ -10,10 +10,11 @@
 //! the writer takes replies first, so the retained values of a subscription always precede later updates.
 
 use std::fmt::Display;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message};
-use futures::{Sink, SinkExt, Stream, StreamExt};
+use futures::{FutureExt, Sink, SinkExt, Stream, StreamExt};
 use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
@@ -23,6 +24,7 @@ use crate::filter::{validate_filter, validate_topic};
 use crate::hub::{ClientCounters, ClientId};
 use crate::policy::ClientInfo;
 use crate::protocol::{Frame, Request, ServerMessage, error_frame, parse_request};
+use crate::queue::UpdateQueue;
 
 /// The server pings each browser this often; browsers answer on their own, even from a background tab.
 pub const PING_INTERVAL: Duration = Duration::from_secs(20);
@@ -30,8 +32,16 @@ pub const PING_INTERVAL: Duration = Duration::from_secs(20);
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Replies waiting to be written; a browser sending requests faster than it reads the replies waits here.
 const REPLY_QUEUE: usize = 8;
-/// Frames written before one flush: fewer system calls under load, while a lone update is still flushed at once.
-const WRITE_BATCH: usize = 64;
+/// Most frames written before one flush (bounds the socket's write buffer to a few tens of kilobytes).
+const WRITE_BATCH: usize = 256;
+/// The shortest time between two writes to one browser while updates keep coming.
+///
+/// Updates arrive one MQTT message at a time, and each one woke every browser's writer for a frame and a system
+/// call of its own unless a backlog had already built up. A writer that wrote less than this long ago waits out
+/// the rest and then sends everything queued meanwhile with one flush, so a browser costs at most about a
+/// thousand writes a second however busy the broker is, and an update waits at most this (plus the timer's
+/// millisecond) for its turn. A lone update after a quiet spell is written at once.
+pub const WRITE_GAP: Duration = Duration::from_millis(1);
 /// How long the close frame may take to reach a browser that may have stopped reading.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -43,9 +53,9 @@ where
     R: Stream<Item = Result<Message, E>> + Unpin + Send + 'static,
     E: Display + Send + 'static,
 {
-    let (updates_tx, updates) = mpsc::channel(state.client_queue());
+    let updates = Arc::new(UpdateQueue::new(state.client_queue()));
     let (replies_tx, replies) = mpsc::channel(REPLY_QUEUE);
-    let (id, counters) = state.hub().register(info.clone(), updates_tx);
+    let (id, counters) = state.hub().register(info.clone(), updates.clone());
     tracing::debug!(client = id, peer = ?info.peer, "browser connected");
     let stop = state.closing().child_token();
     let reader = tokio::spawn(read_loop(state.clone(), id, info, stream, replies_tx, stop.clone()));
@@ -202,9 +212,9 @@ fn split_filters(topics: Vec<String>) -> (Vec<String>, Vec<String>) {
 
 async fn write_loop<S>(
     mut sink: S,
-    mut updates: mpsc::Receiver<Frame>,
+    updates: Arc<UpdateQueue>,
     mut replies: mpsc::Receiver<Vec<Frame>>,
-    counters: std::sync::Arc<ClientCounters>,
+    counters: Arc<ClientCounters>,
     stop: CancellationToken,
     closing: CancellationToken,
 ) where
@@ -215,25 +225,48 @@ async fn write_loop<S>(
     let mut ping = tokio::time::interval_at(Instant::now() + PING_INTERVAL, PING_INTERVAL);
     ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut batch = Vec::with_capacity(WRITE_BATCH);
+    let mut last_write: Option<Instant> = None;
+    // Frames left in the queue by the last batch: the queue wakes us only when it turns from empty to not empty.
+    let mut left = 0;
     loop {
-        tokio::select! {
-            biased;
-            () = stop.cancelled() => break,
-            reply = replies.recv() => match reply {
-                Some(frames) => batch.extend(frames.into_iter().map(Message::Text)),
-                None => break,
-            },
-            update = updates.recv() => match update {
-                Some(frame) => {
-                    batch.push(Message::Text(frame));
-                    while batch.len() < WRITE_BATCH {
-                        let Ok(frame) = updates.try_recv() else { break };
-                        batch.push(Message::Text(frame));
-                    }
-                }
-                None => break,
-            },
-            _ = ping.tick() => batch.push(Message::Ping(Default::default())),
+        if left == 0 {
+            // Wait for something to send; replies first, so the retained values of a subscription precede the
+            // updates the hub queued after it.
+            tokio::select! {
+                biased;
+                () = stop.cancelled() => break,
+                reply = replies.recv() => match reply {
+                    Some(frames) => batch.extend(frames.into_iter().map(Message::Text)),
+                    None => break,
+                },
+                () = updates.ready() => {}
+                _ = ping.tick() => batch.push(Message::Ping(Default::default())),
+            }
+        } else if stop.is_cancelled() {
+            break;
+        } else if ping.tick().now_or_never().is_some() {
+            // A browser that is always behind still gets its pings.
+            batch.push(Message::Ping(Default::default()));
+        }
+        // Under load, let more queue up rather than write each frame on its own (see `WRITE_GAP`).
+        if let Some(last) = last_write
+            && last.elapsed() < WRITE_GAP
+        {
+            tokio::select! {
+                () = stop.cancelled() => break,
+                () = tokio::time::sleep_until(last + WRITE_GAP) => {}
+            }
+        }
+        while batch.len() < WRITE_BATCH {
+            match replies.try_recv() {
+                Ok(frames) => batch.extend(frames.into_iter().map(Message::Text)),
+                Err(_) => break,
+            }
+        }
+        left = updates.take(WRITE_BATCH.saturating_sub(batch.len()), |frame| batch.push(Message::Text(frame)));
+        if batch.is_empty() {
+            // A wake-up for frames an earlier batch already took.
+            continue;
         }
         let texts = batch.iter().filter(|message| matches!(message, Message::Text(_))).count() as u64;
         let written = tokio::select! {
@@ -244,8 +277,11 @@ async fn write_loop<S>(
             tracing::debug!(%error, "cannot write to browser");
             break;
         }
+        last_write = Some(Instant::now());
         counters.sent.fetch_add(texts, std::sync::atomic::Ordering::Relaxed);
     }
+    // Nobody takes updates any more: the hub stops queueing them.
+    updates.close();
     // Say goodbye: "going away" when the gateway shuts down, a normal close otherwise.
     let frame = if closing.is_cancelled() {
         CloseFrame { code: 1001, reason: "gateway shutting down".into() }

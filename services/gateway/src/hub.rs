@@ -27,10 +27,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use bytes::Bytes;
 use ferrite_core::filter_matches;
 use ferrite_mqtt::{Filter, QoS, RetainForwardRule, Session};
-use tokio::sync::mpsc;
 
 use crate::policy::ClientInfo;
 use crate::protocol::Frame;
+use crate::queue::{Pushed, UpdateQueue};
 
 /// A browser connection's number, unique for the life of the gateway.
 pub type ClientId = u64;
@@ -59,7 +59,7 @@ pub struct ClientStats {
 
 struct ClientEntry {
     info: ClientInfo,
-    updates: mpsc::Sender<Frame>,
+    updates: Arc<UpdateQueue>,
     counters: Arc<ClientCounters>,
     filters: BTreeSet<String>,
 }
@@ -127,7 +127,7 @@ impl Hub {
     }
 
     /// Adds a browser whose updates go to `updates`.
-    pub fn register(&mut self, info: ClientInfo, updates: mpsc::Sender<Frame>) -> (ClientId, Arc<ClientCounters>) {
+    pub fn register(&mut self, info: ClientInfo, updates: Arc<UpdateQueue>) -> (ClientId, Arc<ClientCounters>) {
         self.last_client += 1;
         let id = self.last_client;
         let counters = Arc::new(ClientCounters::default());
@@ -272,14 +272,14 @@ impl Hub {
                 }
                 let Some(client) = self.clients.get(client_id) else { continue };
                 for frame in message.frames.iter() {
-                    match client.updates.try_send(frame.clone()) {
-                        Ok(()) => delivered.queued += 1,
-                        Err(mpsc::error::TrySendError::Full(_)) => {
+                    match client.updates.push(frame) {
+                        Pushed::Queued => delivered.queued += 1,
+                        Pushed::Full => {
                             client.counters.dropped.fetch_add(1, Ordering::Relaxed);
                             delivered.dropped += 1;
                         }
                         // The browser is leaving; its entry goes with it.
-                        Err(mpsc::error::TrySendError::Closed(_)) => {}
+                        Pushed::Closed => {}
                     }
                 }
             }
@@ -302,7 +302,7 @@ impl Hub {
                 id: *id,
                 peer: entry.info.peer,
                 filters: entry.filters.iter().cloned().collect(),
-                queued: entry.updates.max_capacity() - entry.updates.capacity(),
+                queued: entry.updates.len(),
                 sent: entry.counters.sent.load(Ordering::Relaxed),
                 dropped: entry.counters.dropped.load(Ordering::Relaxed),
             })
@@ -339,10 +339,10 @@ mod tests {
         Hub::new(session, 4)
     }
 
-    fn client(hub: &mut Hub, queue: usize) -> (ClientId, mpsc::Receiver<Frame>) {
-        let (tx, rx) = mpsc::channel(queue);
-        let (id, _) = hub.register(ClientInfo { peer: None, token: None }, tx);
-        (id, rx)
+    fn client(hub: &mut Hub, queue: usize) -> (ClientId, Arc<UpdateQueue>) {
+        let updates = Arc::new(UpdateQueue::new(queue));
+        let (id, _) = hub.register(ClientInfo { peer: None, token: None }, updates.clone());
+        (id, updates)
     }
 
     /// Delivers `text` as both payload and rendered frame.
@@ -352,8 +352,10 @@ mod tests {
         hub.deliver(&Incoming { topic, retain, payload: &payload, content_type: None, frames })
     }
 
-    fn drain(rx: &mut mpsc::Receiver<Frame>) -> Vec<String> {
-        std::iter::from_fn(|| rx.try_recv().ok()).map(|frame| frame.as_str().to_owned()).collect()
+    fn drain(updates: &mut Arc<UpdateQueue>) -> Vec<String> {
+        let mut frames = Vec::new();
+        updates.take(usize::MAX, |frame| frames.push(frame.as_str().to_owned()));
+        frames
     }
 
     fn strings(items: &[&str]) -> Vec<String> {
