@@ -7,7 +7,8 @@
 #   BENCH FLAGS go to `ferrite bench pipeline` (see `ferrite bench pipeline --help`), e.g.
 #   scripts/bench-pipeline.sh -- --devices 100 --rate 10000 --duration 10s --dashboards 100
 #   scripts/bench-pipeline.sh -- --devices 100 --rate 0 --duration 10s --dashboards 0      # open loop: the most it commits
-# FERRITE=/path/to/ferrite measures another build; UP_FLAGS="--sessions 4" adds flags to `ferrite up`.
+# FERRITE=/path/to/ferrite measures another build (CLIENT=/path/to/ferrite keeps the load generator fixed meanwhile);
+# UP_FLAGS="--sessions 4" adds flags to `ferrite up`.
 # The report (text and JSON) and the platform's log stay in --out (default target/bench-pipeline/<time>/).
 set -euo pipefail
 
@@ -22,7 +23,7 @@ while [[ $# -gt 0 ]]; do
         --out) out="$2"; shift 2 ;;
         --keep) keep=1; shift ;;
         --) shift; break ;;
-        -h|--help) sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "unknown option: $1 (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -69,7 +70,7 @@ cluster="$work/data/postgres"
 database="postgres://postgres:$(cat "$cluster/password")@127.0.0.1:$(cat "$cluster/port")/postgres"
 echo "platform ready: $mqtt, $live (pid $up_pid); load average: $(cut -d' ' -f1-3 /proc/loadavg)" | tee "$out/context.txt" >&2
 
-"$ferrite" bench pipeline --url "$mqtt" --database-url "$database" --gateway-url "$live" \
+"${CLIENT:-$ferrite}" bench pipeline --url "$mqtt" --database-url "$database" --gateway-url "$live" \
     --broker-pid "$up_pid" --label "ferrite up" --json "$out/pipeline.json" "$@" | tee "$out/pipeline.txt"
 
 kill -INT "$up_pid"

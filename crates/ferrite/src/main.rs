@@ -17,11 +17,6 @@ mod shutdown;
 
 use clap::Parser;
 
-/// rmqtt allocates for every message and every subscriber it is routed to; mimalloc serves those from
-/// per-thread pages instead of glibc's locked arenas (before/after in BENCHMARKS.md).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> std::process::ExitCode {
     let cli = cli::Cli::parse();
     if let Err(error) = cli.validate() {
