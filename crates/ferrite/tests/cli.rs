@@ -1,7 +1,8 @@
 //! The `ferrite` binary as a user runs it: `ferrite up` end to end, `--help`, and bad configuration.
 
 use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Stdio};
 
 use anyhow::Context;
 use ferrite_testkit::wait_for;
@@ -9,6 +10,26 @@ use sqlx::postgres::PgConnectOptions;
 
 fn ferrite() -> Command {
     Command::new(env!("CARGO_BIN_EXE_ferrite"))
+}
+
+/// Starts `ferrite <args> --data-dir <data_dir>` as a user would: no `DATABASE_URL`, quiet logs, stdout piped for its banner.
+fn spawn(args: &[&str], data_dir: &Path) -> std::io::Result<Child> {
+    ferrite()
+        .args(args)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .env_remove("DATABASE_URL")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+}
+
+/// Sends SIGTERM and waits for the exit.
+async fn terminate(mut child: Child) -> anyhow::Result<ExitStatus> {
+    let pid = child.id().to_string();
+    anyhow::ensure!(Command::new("kill").args(["-TERM", &pid]).status()?.success(), "kill -TERM {pid} failed");
+    Ok(tokio::task::spawn_blocking(move || child.wait()).await??)
 }
 
 #[test]
@@ -61,16 +82,22 @@ fn read_banner(stdout: impl std::io::Read) -> anyhow::Result<(String, Vec<String
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn up_runs_the_platform_and_stops_cleanly() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let mut child = ferrite()
-        .args(["up", "--fleet", "3", "--interval", "100ms"])
-        .args(["--mqtt-addr", "127.0.0.1:0", "--ws-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
-        .arg("--data-dir")
-        .arg(dir.path().join("state"))
-        .env_remove("DATABASE_URL")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()?;
+    let mut child = spawn(
+        &[
+            "up",
+            "--fleet",
+            "3",
+            "--interval",
+            "100ms",
+            "--mqtt-addr",
+            "127.0.0.1:0",
+            "--ws-addr",
+            "127.0.0.1:0",
+            "--http-addr",
+            "127.0.0.1:0",
+        ],
+        &dir.path().join("state"),
+    )?;
     let stdout = child.stdout.take().context("stdout is piped")?;
     let (banner, stdout) = tokio::task::spawn_blocking(move || {
         let mut reader = BufReader::new(stdout);
@@ -99,9 +126,7 @@ async fn up_runs_the_platform_and_stops_cleanly() -> anyhow::Result<()> {
     pool.close().await;
 
     // SIGTERM drains: the process exits 0 and reports what it stored.
-    let pid = child.id().to_string();
-    assert!(Command::new("kill").args(["-TERM", &pid]).status()?.success());
-    let status = tokio::task::spawn_blocking(move || child.wait()).await??;
+    let status = terminate(child).await?;
     assert!(status.success(), "ferrite up exited with {status}");
     let rest: Vec<String> = stdout.lines().collect::<Result<_, _>>()?;
     assert!(rest.iter().any(|l| l.starts_with("Ferrite stopped:")), "{rest:?}");
@@ -124,15 +149,10 @@ fn mosquitto_client(program: &str, args: &[&str]) -> std::process::Output {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_counts_the_messages_it_drops() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let mut child = ferrite()
-        .args(["broker", "--mqtt-addr", "127.0.0.1:0", "--metrics-addr", "127.0.0.1:0", "--allow-anonymous"])
-        .arg("--data-dir")
-        .arg(dir.path().join("broker"))
-        .env_remove("DATABASE_URL")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()?;
+    let mut child = spawn(
+        &["broker", "--mqtt-addr", "127.0.0.1:0", "--metrics-addr", "127.0.0.1:0", "--allow-anonymous"],
+        &dir.path().join("broker"),
+    )?;
     let stdout = child.stdout.take().context("stdout is piped")?;
     let (mqtt, metrics) = tokio::task::spawn_blocking(move || -> anyhow::Result<(String, String)> {
         let (mut mqtt, mut metrics) = (None, None);
@@ -189,9 +209,7 @@ async fn broker_counts_the_messages_it_drops() -> anyhow::Result<()> {
         return Err(error.context(format!("/metrics was:\n{text}")));
     }
 
-    let pid = child.id().to_string();
-    assert!(Command::new("kill").args(["-TERM", &pid]).status()?.success());
-    let status = tokio::task::spawn_blocking(move || child.wait()).await??;
+    let status = terminate(child).await?;
     assert!(status.success(), "ferrite broker exited with {status}");
     Ok(())
 }
