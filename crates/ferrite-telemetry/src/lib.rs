@@ -47,8 +47,12 @@ impl Drop for TelemetryGuard {
     }
 }
 
-/// Installs the global tracing subscriber for a process named `service`.
+/// Installs the global tracing subscriber and the Prometheus recorder for a process named `service`.
+///
+/// The recorder goes in first, before any service starts: hot paths take their counter handles once
+/// (`metrics::counter!` outside the loop), and a handle taken before a recorder exists stays a no-op.
 pub fn init(service: &'static str) -> anyhow::Result<TelemetryGuard> {
+    metrics_handle();
     let provider = match std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT") {
         Ok(endpoint) if !endpoint.is_empty() => Some(otlp_provider(service).with_context(|| {
             format!("cannot set up OpenTelemetry export to OTEL_EXPORTER_OTLP_ENDPOINT={endpoint}")

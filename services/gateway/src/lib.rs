@@ -268,6 +268,10 @@ impl Gateway {
 /// Feeds the session's events to the hub until the session ends.
 async fn pump(mut events: mpsc::Receiver<Event>, state: GatewayState) {
     let mut connected = false;
+    // Looked up once: the macros would look each counter up in the recorder for every message.
+    let messages = metrics::counter!("ferrite_gateway_mqtt_messages_total");
+    let queued = metrics::counter!("ferrite_gateway_frames_queued_total");
+    let dropped = metrics::counter!("ferrite_gateway_frames_dropped_total");
     while let Some(event) = events.recv().await {
         match event {
             Event::Connected { .. } => {
@@ -307,10 +311,10 @@ async fn pump(mut events: mpsc::Receiver<Event>, state: GatewayState) {
                 let delivered = state.hub().deliver(&incoming);
                 span.record("queued", delivered.queued);
                 span.record("dropped", delivered.dropped);
-                metrics::counter!("ferrite_gateway_mqtt_messages_total").increment(1);
-                metrics::counter!("ferrite_gateway_frames_queued_total").increment(delivered.queued);
+                messages.increment(1);
+                queued.increment(delivered.queued);
                 if delivered.dropped > 0 {
-                    metrics::counter!("ferrite_gateway_frames_dropped_total").increment(delivered.dropped);
+                    dropped.increment(delivered.dropped);
                 }
             }
         }
