@@ -281,6 +281,11 @@ impl SubscribeFilters {
         self.iter().count()
     }
 
+    /// The encoded entries, as written on the wire.
+    pub fn encoded(&self) -> &Bytes {
+        &self.0
+    }
+
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
@@ -309,6 +314,11 @@ impl UnsubscribeFilters {
         self.iter().count()
     }
 
+    /// The encoded entries, as written on the wire.
+    pub fn encoded(&self) -> &Bytes {
+        &self.0
+    }
+
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
@@ -325,6 +335,11 @@ impl ReasonCodes {
 
     pub fn iter(&self) -> impl Iterator<Item = ReasonCode> + '_ {
         self.0.iter().filter_map(|&code| ReasonCode::from_u8(code))
+    }
+
+    /// The codes as written on the wire (MQTT 5 values).
+    pub fn encoded(&self) -> &Bytes {
+        &self.0
     }
 
     pub fn len(&self) -> usize {
