@@ -11,7 +11,7 @@
 
 use std::num::{NonZeroU16, NonZeroU32};
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use ferrite_mqtt_codec::*;
 use proptest::collection::vec;
 use proptest::option;
@@ -614,5 +614,86 @@ proptest! {
         bytes.extend_from_slice(&body);
         let (decoded, outcome) = decode_stream(&bytes, version, MAX_PACKET_SIZE);
         prop_assert!(decoded.len() + usize::from(outcome.is_err()) <= 1);
+    }
+}
+
+fn delivery_parts() -> impl Strategy<Value = (QoS, NonZeroU16, bool, bool, u8, NonZeroU16, Vec<u32>, Option<u32>)> {
+    (
+        qos(),
+        nz16(),
+        any::<bool>(),
+        any::<bool>(),
+        0u8..3,
+        nz16(),
+        vec(prop_oneof![1u32..200, 1u32..=MAX_VARINT], 0..8),
+        option::of(any::<u32>()),
+    )
+}
+
+proptest! {
+    #![proptest_config(config(10_000))]
+
+    /// A fan-out frame is exactly the PUBLISH that subscriber should get: decoding it gives the message with the
+    /// delivery's flags, packet id, alias, subscription ids and expiry; consumed as a `Buf` it yields the same
+    /// bytes as `write_to`, and its length is what `Packet::encoded_len` says.
+    #[test]
+    fn fan_out_frames_decode_to_the_delivered_publish(
+        (version, message) in prop_oneof![publish(V311).prop_map(|p| (V311, p)), publish(V5).prop_map(|p| (V5, p))],
+        (qos, id, dup, retain, alias_kind, alias, subscription_ids, expiry) in delivery_parts(),
+    ) {
+        let Packet::Publish(mut message) = message else { unreachable!("publish() makes PUBLISH packets") };
+        // A message is shared once its topic alias has been resolved: it has a topic.
+        if message.topic.is_empty() {
+            message.topic = MqttStr::from_static("resolved/alias");
+        }
+        let shared = SharedPublish::from_publish(version, &message).expect("encodable");
+        let topic_alias = match alias_kind {
+            0 => TopicAliasUse::None,
+            1 => TopicAliasUse::Establish(alias),
+            _ => TopicAliasUse::Reuse(alias),
+        };
+        let packet_id = (qos != QoS::AtMostOnce).then_some(id);
+        let delivery = Delivery {
+            qos,
+            packet_id,
+            dup: dup && qos != QoS::AtMostOnce,
+            retain,
+            topic_alias,
+            subscription_ids: &subscription_ids,
+            message_expiry_interval: expiry,
+        };
+        let mut frame = shared.frame(&delivery).expect("encodable");
+        let mut copied = BytesMut::new();
+        frame.write_to(&mut copied);
+        let mut consumed = Vec::new();
+        while frame.has_remaining() {
+            let chunk = frame.chunk();
+            let step = chunk.len().min(5);
+            consumed.extend_from_slice(&chunk[..step]);
+            frame.advance(step);
+        }
+        prop_assert_eq!(&consumed[..], &copied[..]);
+
+        let mut expected = Publish { qos, packet_id, dup: delivery.dup, retain, ..message };
+        match version {
+            V311 => expected.properties = Properties::default(),
+            V5 => {
+                expected.properties.message_expiry_interval = expiry;
+                expected.properties.subscription_identifiers =
+                    SubscriptionIds::from_ids(subscription_ids.iter().copied()).expect("valid ids");
+                expected.properties.topic_alias = None;
+                if let TopicAliasUse::Establish(alias) | TopicAliasUse::Reuse(alias) = topic_alias {
+                    expected.properties.topic_alias = Some(alias);
+                }
+                if let TopicAliasUse::Reuse(_) = topic_alias {
+                    expected.topic = MqttStr::default();
+                }
+            }
+        }
+        let expected = Packet::Publish(expected);
+        prop_assert_eq!(copied.len(), expected.encoded_len(version).expect("encodable"));
+        let (decoded, outcome) = decode_stream(&copied, version, MAX_PACKET_SIZE);
+        prop_assert_eq!(outcome, Ok(()));
+        prop_assert_eq!(decoded, vec![expected]);
     }
 }
