@@ -99,12 +99,12 @@ impl SharedPublish {
             ProtocolVersion::V311 => Bytes::new(),
             ProtocolVersion::V5 => {
                 properties.check(Scope::Packet(PacketType::Publish))?;
-                let common = Properties {
-                    topic_alias: None,
-                    subscription_identifiers: Default::default(),
-                    message_expiry_interval: None,
-                    ..properties.clone()
-                };
+                let mut common = properties.clone();
+                if !common.is_empty() {
+                    common.topic_alias = None;
+                    common.subscription_identifiers = Default::default();
+                    common.message_expiry_interval = None;
+                }
                 let mut buf = BytesMut::with_capacity(common.len());
                 common.write_entries(&mut buf);
                 buf.freeze()

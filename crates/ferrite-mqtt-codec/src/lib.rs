@@ -41,7 +41,7 @@ pub use packet::{
     Auth, ConnAck, Connect, Disconnect, Packet, PacketType, PubResponse, Publish, ReasonCodes, RetainHandling, SubAck,
     Subscribe, SubscribeFilters, SubscriptionOptions, UnsubAck, Unsubscribe, UnsubscribeFilters, Will,
 };
-pub use properties::{PayloadFormat, Properties, PropertyId, SubscriptionIds, UserProperties};
+pub use properties::{PayloadFormat, Properties, PropertyId, PropertyValues, SubscriptionIds, UserProperties};
 pub use reason::ReasonCode;
 pub use string::{MqttStr, SHARED_PREFIX, check_topic_filter};
 pub use wire::{MAX_BINARY_LEN, MAX_VARINT};

@@ -180,12 +180,87 @@ pub enum PayloadFormat {
     Utf8,
 }
 
-/// All MQTT 5 properties of one packet (or of a will). `None`/empty means absent. Which ones a packet may carry
+/// The MQTT 5 properties of one packet (or of a will): [`PropertyValues`] behind a box that is absent when there
+/// are none, which is the common case (and always the case in MQTT 3.1.1). A packet without properties is then
+/// small to move, and encoding or decoding it does not look at the 27 fields. Read fields through `Deref`
+/// (`publish.properties.topic_alias`); assigning one through `DerefMut` allocates the box.
+#[derive(Clone, Default)]
+pub struct Properties(Option<Box<PropertyValues>>);
+
+/// What an absent box reads as.
+static NO_PROPERTIES: PropertyValues = PropertyValues {
+    payload_format_indicator: None,
+    message_expiry_interval: None,
+    content_type: None,
+    response_topic: None,
+    correlation_data: None,
+    subscription_identifiers: SubscriptionIds(Bytes::new()),
+    session_expiry_interval: None,
+    assigned_client_identifier: None,
+    server_keep_alive: None,
+    authentication_method: None,
+    authentication_data: None,
+    request_problem_information: None,
+    will_delay_interval: None,
+    request_response_information: None,
+    response_information: None,
+    server_reference: None,
+    reason_string: None,
+    receive_maximum: None,
+    topic_alias_maximum: None,
+    topic_alias: None,
+    maximum_qos: None,
+    retain_available: None,
+    user_properties: UserProperties(Bytes::new()),
+    maximum_packet_size: None,
+    wildcard_subscription_available: None,
+    subscription_identifier_available: None,
+    shared_subscription_available: None,
+};
+
+impl std::ops::Deref for Properties {
+    type Target = PropertyValues;
+
+    fn deref(&self) -> &PropertyValues {
+        self.0.as_deref().unwrap_or(&NO_PROPERTIES)
+    }
+}
+
+impl std::ops::DerefMut for Properties {
+    fn deref_mut(&mut self) -> &mut PropertyValues {
+        self.0.get_or_insert_with(Box::default)
+    }
+}
+
+impl From<PropertyValues> for Properties {
+    fn from(values: PropertyValues) -> Self {
+        if values.present() == 0 { Self(None) } else { Self(Some(Box::new(values))) }
+    }
+}
+
+impl PartialEq for Properties {
+    fn eq(&self, other: &Self) -> bool {
+        **self == **other
+    }
+}
+
+impl Eq for Properties {}
+
+impl std::fmt::Debug for Properties {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.0 {
+            None => f.write_str("Properties(none)"),
+            Some(values) => values.fmt(f),
+        }
+    }
+}
+
+/// The values of all MQTT 5 properties of one packet (or of a will), reached through [`Properties`]. `None`/empty means absent. Which ones a packet may carry
 /// is checked on decode ([`DecodeError::PropertyNotAllowed`]) and on encode ([`EncodeError::PropertyNotAllowed`]).
 /// Values the specification forbids are unrepresentable or rejected: receive maximum, maximum packet size and topic
 /// alias are non-zero types, maximum QoS must be 0 or 1, subscription identifiers lie in 1..=268,435,455.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Properties {
+pub struct PropertyValues {
     pub payload_format_indicator: Option<PayloadFormat>,
     pub message_expiry_interval: Option<u32>,
     pub content_type: Option<MqttStr>,
@@ -353,11 +428,11 @@ impl Properties {
     /// Reads a property block (its variable byte integer length, then the properties) allowed in `scope`.
     pub(crate) fn decode(reader: &mut Reader, scope: Scope) -> Result<Self, DecodeError> {
         let len = reader.varint()? as usize;
-        let mut block = reader.sub(len)?;
-        let mut props = Properties::default();
-        if block.is_empty() {
-            return Ok(props);
+        if len == 0 {
+            return Ok(Properties(None));
         }
+        let mut block = reader.sub(len)?;
+        let mut props = PropertyValues::default();
         let allowed = scope.allowed();
         let mut seen: u64 = 0;
         let mut users = Run::default();
@@ -385,9 +460,53 @@ impl Properties {
         }
         props.user_properties = UserProperties(users.finish(block.frame()));
         props.subscription_identifiers = SubscriptionIds(sub_ids.finish(block.frame()));
-        Ok(props)
+        Ok(Properties(Some(Box::new(props))))
     }
 
+    /// Whether no property is present.
+    pub fn is_empty(&self) -> bool {
+        self.0.as_ref().is_none_or(|values| values.present() == 0)
+    }
+
+    /// Checks that every present property is allowed in `scope` and has a value the specification allows.
+    pub(crate) fn check(&self, scope: Scope) -> Result<(), EncodeError> {
+        match &self.0 {
+            None => Ok(()),
+            Some(values) => values.check(scope),
+        }
+    }
+
+    /// The size of the properties (without their length prefix).
+    pub(crate) fn len(&self) -> usize {
+        self.0.as_ref().map_or(0, |values| values.len())
+    }
+
+    /// The size of the block on the wire: length prefix and properties.
+    pub(crate) fn block_len(&self) -> usize {
+        let len = self.len();
+        varint_len(len) + len
+    }
+
+    /// Writes the block (length prefix and properties); [`Properties::check`] has passed.
+    pub(crate) fn write(&self, buf: &mut BytesMut) {
+        match &self.0 {
+            None => buf.put_u8(0),
+            Some(values) => {
+                put_varint(buf, values.len());
+                values.write_entries(buf);
+            }
+        }
+    }
+
+    /// Writes the properties without the length prefix.
+    pub(crate) fn write_entries(&self, buf: &mut BytesMut) {
+        if let Some(values) = &self.0 {
+            values.write_entries(buf);
+        }
+    }
+}
+
+impl PropertyValues {
     fn read_value(&mut self, r: &mut Reader, id: PropertyId) -> Result<(), DecodeError> {
         use PropertyId::*;
         let invalid = DecodeError::InvalidPropertyValue(id);
@@ -491,7 +610,7 @@ impl Properties {
     }
 
     /// Checks that every present property is allowed in `scope` and has a value the specification allows.
-    pub(crate) fn check(&self, scope: Scope) -> Result<(), EncodeError> {
+    fn check(&self, scope: Scope) -> Result<(), EncodeError> {
         let extra = self.present() & !scope.allowed();
         if extra != 0 {
             let property = PropertyId::from_u8(extra.trailing_zeros() as u8).expect("a bit of a known property");
@@ -517,7 +636,7 @@ impl Properties {
     }
 
     /// The size of the properties (without their length prefix).
-    pub(crate) fn len(&self) -> usize {
+    fn len(&self) -> usize {
         let string = |s: &Option<MqttStr>| s.as_ref().map_or(0, |s| 3 + s.len());
         let binary = |b: &Option<Bytes>| b.as_ref().map_or(0, |b| 3 + b.len());
         let some = |present: bool, size: usize| if present { 1 + size } else { 0 };
@@ -550,20 +669,8 @@ impl Properties {
             + some(self.shared_subscription_available.is_some(), 1)
     }
 
-    /// The size of the block on the wire: length prefix and properties.
-    pub(crate) fn block_len(&self) -> usize {
-        let len = self.len();
-        varint_len(len) + len
-    }
-
-    /// Writes the block (length prefix and properties); [`Properties::check`] has passed.
-    pub(crate) fn write(&self, buf: &mut BytesMut) {
-        put_varint(buf, self.len());
-        self.write_entries(buf);
-    }
-
     /// Writes the properties without the length prefix.
-    pub(crate) fn write_entries(&self, buf: &mut BytesMut) {
+    fn write_entries(&self, buf: &mut BytesMut) {
         use PropertyId::*;
         let byte = |buf: &mut BytesMut, id: PropertyId, v: Option<u8>| {
             if let Some(v) = v {

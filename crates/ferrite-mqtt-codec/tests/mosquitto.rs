@@ -175,7 +175,8 @@ fn mosquitto_sub_receives_a_shared_frame_in_both_versions() {
             reasons: ReasonCodes::new([ReasonCode::GrantedQoS1]),
         }));
 
-        let properties = Properties { content_type: Some(MqttStr::from_static("text/plain")), ..Default::default() };
+        let properties: Properties =
+            PropertyValues { content_type: Some(MqttStr::from_static("text/plain")), ..Default::default() }.into();
         let shared = SharedPublish::new(
             version,
             &MqttStr::from_static("sensors/sim-0042/temperature"),

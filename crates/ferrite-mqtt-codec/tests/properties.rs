@@ -61,7 +61,7 @@ fn qos() -> impl Strategy<Value = QoS> {
 }
 
 /// Properties with every field drawn independently; [`restrict`] keeps those a packet allows.
-fn any_properties() -> impl Strategy<Value = Properties> {
+fn any_properties() -> impl Strategy<Value = PropertyValues> {
     let a = (
         option::of(select(vec![PayloadFormat::Unspecified, PayloadFormat::Utf8])),
         option::of(any::<u32>()),
@@ -91,7 +91,7 @@ fn any_properties() -> impl Strategy<Value = Properties> {
         option::of((1u32..).prop_map(|v| NonZeroU32::new(v).expect("non-zero"))),
     );
     let c = (option::of(any::<bool>()), option::of(any::<bool>()), option::of(any::<bool>()));
-    (a, b, c).prop_map(|(a, b, c)| Properties {
+    (a, b, c).prop_map(|(a, b, c)| PropertyValues {
         payload_format_indicator: a.0,
         message_expiry_interval: a.1,
         content_type: a.2,
@@ -137,12 +137,12 @@ enum Scope {
 
 macro_rules! keep {
     ($p:expr, $($field:ident),*) => {
-        Properties { $($field: $p.$field.clone(),)* user_properties: $p.user_properties.clone(), ..Default::default() }
+        PropertyValues { $($field: $p.$field.clone(),)* user_properties: $p.user_properties.clone(), ..Default::default() }
     };
 }
 
-fn restrict(p: &Properties, scope: Scope) -> Properties {
-    match scope {
+fn restrict(p: &PropertyValues, scope: Scope) -> Properties {
+    let values = match scope {
         Scope::Connect => keep!(
             p,
             session_expiry_interval,
@@ -193,7 +193,7 @@ fn restrict(p: &Properties, scope: Scope) -> Properties {
             topic_alias
         ),
         Scope::Ack => keep!(p, reason_string),
-        Scope::Subscribe => Properties {
+        Scope::Subscribe => PropertyValues {
             subscription_identifiers: SubscriptionIds::from_ids(p.subscription_identifiers.iter().take(1))
                 .expect("valid ids"),
             ..keep!(p,)
@@ -201,7 +201,8 @@ fn restrict(p: &Properties, scope: Scope) -> Properties {
         Scope::Unsubscribe => keep!(p,),
         Scope::Disconnect => keep!(p, session_expiry_interval, server_reference, reason_string),
         Scope::Auth => keep!(p, authentication_method, authentication_data, reason_string),
-    }
+    };
+    values.into()
 }
 
 /// The properties for a packet of `version` (none in 3.1.1).

@@ -237,12 +237,13 @@ fn connack_both_versions() {
         ConnAck { session_present: false, reason: ReasonCode::BadUserNameOrPassword, properties: Default::default() };
     assert_eq!(encode(&Packet::ConnAck(refused.clone()), V311), hex("20 02 00 04"));
     assert_eq!(encode(&Packet::ConnAck(refused), V5), hex("20 03 00 86 00"));
-    let mut properties = Properties {
+    let mut properties: Properties = PropertyValues {
         maximum_qos: Some(QoS::AtLeastOnce),
         topic_alias_maximum: Some(10),
         maximum_packet_size: NonZeroU32::new(1024),
         ..Default::default()
-    };
+    }
+    .into();
     let connack = Packet::ConnAck(ConnAck {
         session_present: false,
         reason: ReasonCode::Success,
@@ -404,12 +405,13 @@ fn publish_v5() -> Publish {
         retain: false,
         topic: s("sensors/sim-0042/temperature"),
         packet_id: None,
-        properties: Properties {
+        properties: PropertyValues {
             content_type: Some(s("application/json")),
             correlation_data: Some(Bytes::from_static(b"\x01\x02")),
             user_properties: UserProperties::from_pairs([(&s("k"), &s("v"))]),
             ..Default::default()
-        },
+        }
+        .into(),
         payload: Bytes::from_static(b"{\"value\":21.5}"),
     }
 }
