@@ -118,7 +118,11 @@ fn check_str(bytes: &[u8]) -> Result<(), DecodeError> {
 /// Checks a topic name (PUBLISH, Will): no wildcard characters. An empty name is checked by the caller, since in
 /// MQTT 5 it is allowed together with a topic alias.
 pub(crate) fn check_topic_name(topic: &[u8]) -> Result<(), DecodeError> {
-    if topic.iter().any(|&b| b == b'+' || b == b'#') {
+    // '+' (0x2B) and '#' (0x23) differ only in bit 3. A fold without early exit vectorises (16 or 32 bytes per
+    // step); `any` stops at the first hit but tests one byte at a time, which profiled as most of a small
+    // PUBLISH's encode.
+    let wildcard = topic.iter().fold(false, |found, &b| found | (b & !0x08 == b'#'));
+    if wildcard {
         return Err(DecodeError::WildcardInTopicName);
     }
     Ok(())
