@@ -9,13 +9,21 @@
 //! so a client cannot make the broker buffer 256 MB by announcing it. A complete packet is split off the buffer
 //! and frozen; topics, strings, binary data and payloads are `Bytes` slices of that frame (no copy), and the
 //! repeatable parts (user properties, subscription identifiers, SUBSCRIBE and UNSUBSCRIBE filters, SUBACK and
-//! UNSUBACK reason codes) are kept encoded and iterated on demand, so decoding allocates nothing per entry and a
-//! decoded packet never holds more memory than its own size. Every rule a receiver MUST enforce is a typed
-//! [`DecodeError`], which also names the MQTT 5 reason code to disconnect with ([`DecodeError::reason_code`]).
+//! UNSUBACK reason codes) are kept encoded and iterated on demand, so decoding allocates nothing per entry: the
+//! only allocations are the frame's shared header when the read buffer is first split, one fixed-size box per
+//! non-empty property block (and for a CONNECT the box of the packet), and, only when a client interleaves user
+//! properties with other properties, one copy of them no larger than the packet. Every rule a receiver MUST
+//! enforce is a typed [`DecodeError`], which also names the MQTT 5 reason code to disconnect with
+//! ([`DecodeError::reason_code`]).
 //!
 //! The broker learns a connection's version from its CONNECT: [`peek_connect_version`] reads the protocol name and
 //! level from the first bytes, before the rest of the CONNECT has arrived (so an unsupported level can be refused
 //! with the right CONNACK), and a CONNECT is always decoded in its own version.
+//!
+//! What the codec does not check, because it needs connection or session state, is left to the broker: a
+//! second CONNECT, a client sending subscription identifiers in a PUBLISH, topic aliases above the negotiated
+//! maximum, session expiry raised in DISCONNECT after a zero one, and the optional check (MAY) that a payload
+//! marked as UTF-8 is UTF-8.
 //!
 //! # Encoding
 //! [`Packet::encode`] checks what the types cannot (properties allowed in the packet, reason codes allowed in it,

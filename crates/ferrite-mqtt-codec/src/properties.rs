@@ -255,8 +255,9 @@ impl std::fmt::Debug for Properties {
     }
 }
 
-/// The values of all MQTT 5 properties of one packet (or of a will), reached through [`Properties`]. `None`/empty means absent. Which ones a packet may carry
-/// is checked on decode ([`DecodeError::PropertyNotAllowed`]) and on encode ([`EncodeError::PropertyNotAllowed`]).
+/// The values of all MQTT 5 properties of one packet (or of a will), reached through [`Properties`]. `None`/empty
+/// means absent. Which ones a packet may carry is checked on decode ([`DecodeError::PropertyNotAllowed`]) and on
+/// encode ([`EncodeError::PropertyNotAllowed`]).
 /// Values the specification forbids are unrepresentable or rejected: receive maximum, maximum packet size and topic
 /// alias are non-zero types, maximum QoS must be 0 or 1, subscription identifiers lie in 1..=268,435,455.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

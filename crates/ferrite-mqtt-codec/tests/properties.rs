@@ -137,7 +137,11 @@ enum Scope {
 
 macro_rules! keep {
     ($p:expr, $($field:ident),*) => {
-        PropertyValues { $($field: $p.$field.clone(),)* user_properties: $p.user_properties.clone(), ..Default::default() }
+        PropertyValues {
+            $($field: $p.$field.clone(),)*
+            user_properties: $p.user_properties.clone(),
+            ..Default::default()
+        }
     };
 }
 

@@ -43,8 +43,8 @@ use ProtocolVersion::{V5, V311};
 
 /// `mosquitto_pub -V mqttv311 -i sensor-1 -u dev -P secret -k 30 -q 1 --will-topic devices/sim-0042/status
 /// --will-payload offline --will-qos 1 --will-retain` (mosquitto 2.0.11).
-const MOSQUITTO_CONNECT_V311: &str = "104300044d51545404ee001e000873656e736f722d310017646576696365732f73696d2d303034322f\
-    73746174757300076f66666c696e6500036465760006736563726574";
+const MOSQUITTO_CONNECT_V311: &str = "104300044d51545404ee001e000873656e736f722d31\
+    0017646576696365732f73696d2d303034322f73746174757300076f66666c696e6500036465760006736563726574";
 
 /// `mosquitto_pub -V mqttv5 -i sensor-1 -D connect session-expiry-interval 3600 -D connect user-property k v`.
 const MOSQUITTO_CONNECT_V5: &str = "102400044d5154540502003c0f1100000e102600016b000176210014000873656e736f722d31";
