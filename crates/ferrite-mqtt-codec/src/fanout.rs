@@ -164,34 +164,13 @@ impl SharedPublish {
             | u8::from(delivery.retain);
         let head_len = 1 + varint_into(&mut head[1..], remaining);
 
-        let write_mid = |mut buf: &mut dyn BufMut| {
-            if let Some(id) = delivery.packet_id {
-                buf.put_u16(id.get());
-            }
-            if v5 {
-                let mut varint = [0u8; 4];
-                let n = varint_into(&mut varint, own_props + shared.properties.len());
-                buf.put_slice(&varint[..n]);
-                if let Some(expiry) = delivery.message_expiry_interval {
-                    buf.put_u8(PropertyId::MessageExpiryInterval as u8);
-                    buf.put_u32(expiry);
-                }
-                if let TopicAliasUse::Establish(alias) | TopicAliasUse::Reuse(alias) = delivery.topic_alias {
-                    buf.put_u8(PropertyId::TopicAlias as u8);
-                    buf.put_u16(alias.get());
-                }
-                for &id in delivery.subscription_ids {
-                    put_subscription_id(&mut buf, id).expect("checked above");
-                }
-            }
-        };
         let mid = if mid_len <= MID_INLINE {
             let mut buf = [0u8; MID_INLINE];
-            write_mid(&mut &mut buf[..]);
+            write_mid(&mut &mut buf[..], delivery, v5, own_props + shared.properties.len());
             Mid::Inline { buf, len: mid_len as u8 }
         } else {
             let mut buf = BytesMut::with_capacity(mid_len);
-            write_mid(&mut buf);
+            write_mid(&mut buf, delivery, v5, own_props + shared.properties.len());
             Mid::Heap(buf.freeze())
         };
         Ok(PublishFrame {
@@ -203,6 +182,31 @@ impl SharedPublish {
             pos: 0,
             len: head_len + remaining,
         })
+    }
+}
+
+/// Writes a delivery's packet identifier and (MQTT 5) property length and own properties, whose values
+/// [`SharedPublish::frame`] has checked.
+fn write_mid(buf: &mut impl BufMut, delivery: &Delivery<'_>, v5: bool, properties_len: usize) {
+    if let Some(id) = delivery.packet_id {
+        buf.put_u16(id.get());
+    }
+    if !v5 {
+        return;
+    }
+    let mut varint = [0u8; 4];
+    let n = varint_into(&mut varint, properties_len);
+    buf.put_slice(&varint[..n]);
+    if let Some(expiry) = delivery.message_expiry_interval {
+        buf.put_u8(PropertyId::MessageExpiryInterval as u8);
+        buf.put_u32(expiry);
+    }
+    if let TopicAliasUse::Establish(alias) | TopicAliasUse::Reuse(alias) = delivery.topic_alias {
+        buf.put_u8(PropertyId::TopicAlias as u8);
+        buf.put_u16(alias.get());
+    }
+    for &id in delivery.subscription_ids {
+        put_subscription_id(buf, id).expect("checked by SharedPublish::frame");
     }
 }
 
