@@ -115,6 +115,9 @@ impl Lane {
                     }
                     Some(Event::Disconnected { error }) => {
                         tracing::warn!(index, %client_id, %error, "ingester lost the broker; reconnecting");
+                        // A loop of these (one message the session cannot take, replayed on every reconnect) is what the
+                        // poison policy exists to prevent; the counter makes one visible.
+                        metrics::counter!("ferrite_ingester_reconnects_total").increment(1);
                         // What we hold is valid data: store it as soon as our previous batch is done. Its acks would be stale
                         // (the session drops them), and the broker redelivers those messages, which the primary key then ignores.
                         due = !batch.is_empty();
