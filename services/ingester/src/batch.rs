@@ -293,6 +293,21 @@ mod tests {
         assert!(letter.reason.contains("its first 4096 are kept"), "{}", &letter.reason[letter.reason.len() - 80..]);
     }
 
+    /// A JSON batch carries many readings: a batch is full by readings (one commit's bound) before it is by messages.
+    #[test]
+    fn full_by_readings_as_well_as_messages() {
+        let limits = Limits { max_commit_readings: 10, ..Limits::default() };
+        let mut batch = Batch::new(limits);
+        let metrics: Vec<String> = (0..6).map(|n| format!(r#""m{n}": {n}"#)).collect();
+        let payload = Bytes::from(format!(r#"{{"metrics": {{{}}}}}"#, metrics.join(",")));
+        batch.classify("sensors/d1", &payload, None, false, Utc::now());
+        assert!(!batch.is_full(2000));
+        batch.classify("sensors/d1", &payload, None, false, Utc::now());
+        assert_eq!(batch.readings.len(), 12);
+        assert!(batch.is_full(2000), "12 readings are above the bound of 10");
+        assert!(Batch::new(limits).is_full(0), "and by messages as before");
+    }
+
     mod properties {
         use super::*;
         use proptest::prelude::*;
