@@ -15,6 +15,67 @@ pub const CONTENT_TYPE_PROTOBUF: &str = "application/x-protobuf";
 /// The largest unit string we keep; longer ones are a sign of a confused device.
 const MAX_UNIT_LEN: usize = 32;
 
+/// How far in the past a reading's own time may lie by default: older readings are dead letters (a device
+/// whose clock reset to 1970 must not write into partitions retention has dropped).
+pub const DEFAULT_MAX_READING_AGE: std::time::Duration = std::time::Duration::from_secs(365 * 24 * 3600);
+/// How far ahead of our clock a reading's own time may lie by default: later readings are dead letters
+/// (one reading stamped 9999-01-01 would otherwise stay the latest value of its metric forever).
+pub const DEFAULT_MAX_READING_SKEW: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
+/// The times a reading may carry, relative to when it is received: `[now - max_age, now + max_skew]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TimeWindow {
+    pub max_age: std::time::Duration,
+    pub max_skew: std::time::Duration,
+}
+
+impl Default for TimeWindow {
+    fn default() -> Self {
+        Self { max_age: DEFAULT_MAX_READING_AGE, max_skew: DEFAULT_MAX_READING_SKEW }
+    }
+}
+
+impl TimeWindow {
+    /// The earliest time accepted at `now`.
+    pub fn earliest(&self, now: DateTime<Utc>) -> DateTime<Utc> {
+        chrono::Duration::from_std(self.max_age)
+            .ok()
+            .and_then(|age| now.checked_sub_signed(age))
+            .unwrap_or(DateTime::<Utc>::MIN_UTC)
+    }
+
+    /// The latest time accepted at `now`.
+    pub fn latest(&self, now: DateTime<Utc>) -> DateTime<Utc> {
+        chrono::Duration::from_std(self.max_skew)
+            .ok()
+            .and_then(|skew| now.checked_add_signed(skew))
+            .unwrap_or(DateTime::<Utc>::MAX_UTC)
+    }
+
+    /// Whether `ts` lies in the window at `now`; the error names the bound it crossed.
+    pub fn check(&self, ts: DateTime<Utc>, now: DateTime<Utc>) -> Result<(), PayloadError> {
+        if ts < self.earliest(now) {
+            return Err(PayloadError::TooOld(ts.to_rfc3339(), format_duration(self.max_age)));
+        }
+        if ts > self.latest(now) {
+            return Err(PayloadError::TooNew(ts.to_rfc3339(), format_duration(self.max_skew)));
+        }
+        Ok(())
+    }
+}
+
+/// `90000s` as `1d 1h` and the like, for error texts.
+fn format_duration(duration: std::time::Duration) -> String {
+    let secs = duration.as_secs();
+    let (days, hours, minutes, seconds) = (secs / 86_400, secs / 3600 % 24, secs / 60 % 60, secs % 60);
+    let parts: Vec<String> = [(days, "d"), (hours, "h"), (minutes, "m"), (seconds, "s")]
+        .iter()
+        .filter(|(n, _)| *n > 0)
+        .map(|(n, unit)| format!("{n}{unit}"))
+        .collect();
+    if parts.is_empty() { "0s".into() } else { parts.join(" ") }
+}
+
 /// One measured value.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Reading {
@@ -46,8 +107,14 @@ pub enum PayloadError {
     Metric(String),
     #[error("batch has no metrics")]
     EmptyBatch,
-    #[error("unit is longer than 32 characters")]
+    #[error("unit is longer than 32 bytes or holds control characters")]
     Unit,
+    #[error("timestamp {0} is older than the accepted {1}")]
+    TooOld(String, String),
+    #[error("timestamp {0} is more than {1} ahead of the ingester's clock")]
+    TooNew(String, String),
+    #[error("payload of {size} bytes is above the limit of {limit} bytes")]
+    TooLarge { size: usize, limit: usize },
 }
 
 /// A device's presence as published on `devices/{id}/status`.
@@ -127,7 +194,8 @@ pub fn parse_readings(
 
 /// A reading before its device and metric are known (they come from the topic).
 fn partial(value: f64, ts: DateTime<Utc>, unit: Option<String>) -> Result<Reading, PayloadError> {
-    if unit.as_ref().is_some_and(|u| u.len() > MAX_UNIT_LEN) {
+    // Control characters (NUL above all, which PostgreSQL refuses in text) have no place in a unit.
+    if unit.as_ref().is_some_and(|u| u.len() > MAX_UNIT_LEN || u.chars().any(char::is_control)) {
         return Err(PayloadError::Unit);
     }
     Ok(Reading {
@@ -359,6 +427,37 @@ mod tests {
         check("sensors/bad id/t", b"1", None, Err("invalid device id"));
         check("sensors/d/t/u", b"1", None, Err("does not match"));
         check("control/x", b"1", None, Err("not a reading topic"));
+    }
+
+    #[test]
+    fn time_window() {
+        let window = TimeWindow::default();
+        let day = chrono::Duration::days(1);
+        assert_eq!(window.check(now(), now()), Ok(()));
+        assert_eq!(window.check(now() + day, now()), Ok(()));
+        assert_eq!(window.check(now() - day * 365, now()), Ok(()));
+        let far = Utc.with_ymd_and_hms(9999, 1, 1, 0, 0, 0).single().expect("valid date");
+        let err = window.check(far, now()).expect_err("9999 is too far ahead");
+        assert_eq!(
+            err.to_string(),
+            "timestamp 9999-01-01T00:00:00+00:00 is more than 1d ahead of the ingester's clock"
+        );
+        let err = window.check(now() - day * 366, now()).expect_err("older than a year");
+        assert!(err.to_string().contains("older than the accepted 365d"), "{err}");
+        let open = TimeWindow { max_age: std::time::Duration::MAX, max_skew: std::time::Duration::MAX };
+        assert_eq!(open.check(far, now()), Ok(()));
+        assert_eq!(open.check(DateTime::<Utc>::MIN_UTC, now()), Ok(()));
+    }
+
+    #[test]
+    fn units_without_control_characters() {
+        check("sensors/d/t", b"{\"value\": 1, \"unit\": \"\\u0000\"}", None, Err("control characters"));
+        check(
+            "sensors/d/t",
+            "{\"value\": 1, \"unit\": \"\u{b0}C\"}".as_bytes(),
+            None,
+            Ok(vec![("t", 1.0, now().timestamp_millis(), Some("\u{b0}C"))]),
+        );
     }
 
     #[test]

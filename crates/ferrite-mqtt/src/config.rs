@@ -94,8 +94,10 @@ pub struct SessionConfig {
     pub manual_acks: bool,
     pub max_unacked: usize,
     /// The largest packet we accept, announced to the broker in CONNECT so that it drops larger
-    /// messages for us instead of sending them; `None` keeps rumqttc's own limit (10 KiB), which it
-    /// enforces by dropping the connection when a larger packet arrives.
+    /// messages for us instead of sending them. [`SessionConfig::new`] sets
+    /// [`ferrite_core::limits::MAX_RECEIVED_PACKET_SIZE`]; `None` keeps rumqttc's own limit (10 KiB), which it
+    /// enforces by dropping the connection when a larger packet arrives (and a persistent session then
+    /// replays the same message on every reconnect).
     pub max_packet_size: Option<u32>,
     /// MQTT 5 Receive Maximum: how many QoS 1/2 messages the broker may have in flight to us.
     /// A consumer that acknowledges in batches needs at least its batch size.
@@ -116,7 +118,7 @@ impl SessionConfig {
             subscriptions: Vec::new(),
             manual_acks: false,
             max_unacked: DEFAULT_MAX_UNACKED,
-            max_packet_size: None,
+            max_packet_size: Some(ferrite_core::limits::MAX_RECEIVED_PACKET_SIZE),
             receive_maximum: None,
         }
     }

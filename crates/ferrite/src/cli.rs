@@ -233,6 +233,18 @@ pub struct IngestArgs {
     /// Keep the number stable across restarts: a session left out keeps its queue at the broker until it expires (7 days).
     #[arg(long = "sessions", env = "FERRITE_INGEST_SESSIONS", default_value_t = ferrite_ingester::DEFAULT_SESSIONS)]
     pub sessions: usize,
+    /// Largest reading payload in bytes; a larger one is stored as a dead letter (with a sample of it) and acknowledged.
+    #[arg(long, env = "FERRITE_MAX_PAYLOAD", default_value_t = ferrite_ingester::DEFAULT_MAX_PAYLOAD)]
+    pub max_payload: usize,
+    /// Oldest reading time accepted, back from now (e.g. 365d); older readings become dead letters.
+    #[arg(long, env = "FERRITE_MAX_READING_AGE", default_value = "365d", value_parser = humantime::parse_duration)]
+    pub max_reading_age: Duration,
+    /// Latest reading time accepted, ahead of now (e.g. 1d); later readings become dead letters.
+    #[arg(long, env = "FERRITE_MAX_READING_SKEW", default_value = "1d", value_parser = humantime::parse_duration)]
+    pub max_reading_skew: Duration,
+    /// How long dead letters are kept (e.g. 30d); older ones are deleted hourly.
+    #[arg(long, env = "FERRITE_DEAD_LETTER_RETENTION", default_value = "30d", value_parser = humantime::parse_duration)]
+    pub dead_letter_retention: Duration,
 }
 
 /// How long stored readings are kept.
@@ -428,6 +440,11 @@ fn check_sim(sim: &SimArgs) -> anyhow::Result<()> {
 
 fn check_ingest(ingest: &IngestArgs) -> anyhow::Result<()> {
     anyhow::ensure!(ingest.batch_size > 0, "--batch-size must be at least 1");
+    anyhow::ensure!(
+        (1..=ferrite_core::limits::MAX_PACKET_SIZE as usize).contains(&ingest.max_payload),
+        "--max-payload must be between 1 and {} bytes (the broker refuses larger packets)",
+        ferrite_core::limits::MAX_PACKET_SIZE
+    );
     anyhow::ensure!(!ingest.batch_interval.is_zero(), "--batch-interval must be above zero");
     anyhow::ensure!(
         (1..=ferrite_ingester::MAX_SESSIONS).contains(&ingest.sessions),
@@ -451,6 +468,10 @@ impl IngestArgs {
         config.batch_size = self.batch_size;
         config.batch_interval = self.batch_interval;
         config.sessions = self.sessions;
+        config.limits.max_payload = self.max_payload;
+        config.limits.window =
+            ferrite_core::TimeWindow { max_age: self.max_reading_age, max_skew: self.max_reading_skew };
+        config.limits.dead_letter_retention = self.dead_letter_retention;
         config
     }
 }

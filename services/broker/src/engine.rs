@@ -151,6 +151,7 @@ fn bind_listener(config: &Config, addr: SocketAddr, name: &str) -> Result<Listen
         .message_expiry_interval(Duration::ZERO)
         .max_mqueue_len(MAX_QUEUED_MESSAGES)
         .max_inflight(std::num::NonZeroU16::new(MAX_INFLIGHT).expect("MAX_INFLIGHT is above zero"))
+        .max_packet_size(ferrite_core::limits::MAX_PACKET_SIZE)
         .bind()
         .map_err(|e| bind_error(addr, e))?
         .tcp()

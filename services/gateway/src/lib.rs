@@ -59,7 +59,8 @@ pub const DEFAULT_CLIENT_QUEUE: usize = 1024;
 
 /// The largest MQTT packet the gateway takes, announced to the broker so that it drops larger messages for us
 /// (rumqttc would otherwise drop the whole connection on one, and a retained one would do it on every reconnect).
-pub const MAX_MQTT_PACKET: u32 = 256 * 1024;
+/// The platform's one limit (every Ferrite client's default, see [`ferrite_mqtt::SessionConfig::new`]).
+pub const MAX_MQTT_PACKET: u32 = ferrite_core::limits::MAX_RECEIVED_PACKET_SIZE;
 
 /// Most filters one browser may hold at once; the dashboard needs a handful, and this bounds a runaway page.
 pub const MAX_FILTERS_PER_CLIENT: usize = 256;

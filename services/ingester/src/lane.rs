@@ -20,9 +20,9 @@ use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::Stats;
 use crate::batch::Batch;
 use crate::writer::{self, Handover};
+use crate::{Limits, Stats};
 
 /// Batches of one session that may be unacknowledged at once: one committing, one filling.
 pub const BATCHES_IN_FLIGHT: usize = 2;
@@ -49,6 +49,7 @@ pub(crate) struct Lane {
     pub session: SessionConfig,
     pub batch_size: usize,
     pub batch_interval: Duration,
+    pub limits: Limits,
     pub stats: Arc<Stats>,
     pub subscribed: Subscribed,
 }
@@ -57,14 +58,14 @@ impl Lane {
     /// Receives until `stop`; then hands the last batch over, waits until the writers have committed and
     /// acknowledged it, and disconnects cleanly. Returns an error only if the session stops on its own.
     pub async fn run(self, stop: CancellationToken, writers: writer::Sender) -> anyhow::Result<()> {
-        let Lane { index, session: session_config, batch_size, batch_interval, stats, subscribed } = self;
+        let Lane { index, session: session_config, batch_size, batch_interval, limits, stats, subscribed } = self;
         let client_id = session_config.client_id.clone();
         let (session, mut events) = Session::start(session_config);
         // Held by the writers from hand-over until acknowledgement: one batch of ours at a time.
         let previous_done = Arc::new(Semaphore::new(1));
         tracing::debug!(index, %client_id, "ingester session starting");
 
-        let mut batch = Batch::default();
+        let mut batch = Batch::new(limits);
         let mut deadline: Option<Instant> = None;
         let mut due = false;
         let mut counted = false;
@@ -72,7 +73,7 @@ impl Lane {
         // Looked up once: the macro would look the counter up in the recorder for every message.
         let received = metrics::counter!("ferrite_ingester_received_total");
         loop {
-            let full = batch.len() >= batch_size;
+            let full = batch.is_full(batch_size);
             let hand_over = !batch.is_empty() && (full || due);
             let flush_at = deadline.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
             tokio::select! {
@@ -80,7 +81,8 @@ impl Lane {
                 _ = stop.cancelled() => break,
                 permit = previous_done.clone().acquire_owned(), if hand_over => {
                     let permit = permit.expect("the session's semaphore is never closed");
-                    let handover = Handover { batch: std::mem::take(&mut batch), session: session.clone(), permit };
+                    let batch = std::mem::replace(&mut batch, Batch::new(limits));
+                    let handover = Handover { batch, session: session.clone(), permit };
                     if writers.send(handover).await.is_err() {
                         // The writers stop only after every session.
                         break;
@@ -113,6 +115,9 @@ impl Lane {
                     }
                     Some(Event::Disconnected { error }) => {
                         tracing::warn!(index, %client_id, %error, "ingester lost the broker; reconnecting");
+                        // A loop of these (one message the session cannot take, replayed on every reconnect) is what the
+                        // poison policy exists to prevent; the counter makes one visible.
+                        metrics::counter!("ferrite_ingester_reconnects_total").increment(1);
                         // What we hold is valid data: store it as soon as our previous batch is done. Its acks would be stale
                         // (the session drops them), and the broker redelivers those messages, which the primary key then ignores.
                         due = !batch.is_empty();

@@ -29,6 +29,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
+use ferrite_core::TimeWindow;
 use ferrite_mqtt::{BrokerUrl, QoS, SessionConfig};
 use sqlx::PgPool;
 use tokio::task::JoinSet;
@@ -53,8 +54,47 @@ pub const SESSION_EXPIRY_SECS: u32 = 7 * 24 * 3600;
 const READINGS_FILTER: &str = "sensors/#";
 /// Device presence (`devices/{device}/status`).
 const STATUS_FILTER: &str = "devices/+/status";
-/// How often the upcoming daily partitions are checked (they are kept a week ahead).
-const PARTITION_CHECK: Duration = Duration::from_secs(3600);
+/// How often the upcoming daily partitions are checked (they are kept a week ahead) and old dead letters pruned.
+const HOUSEKEEPING: Duration = Duration::from_secs(3600);
+
+/// The largest reading payload stored by default; a larger one becomes a dead letter (with a sample of it).
+/// Readings are numbers: 64 KiB holds a JSON batch of well over a thousand metrics.
+pub const DEFAULT_MAX_PAYLOAD: usize = 64 * 1024;
+/// Readings one transaction writes at most: a JSON batch message carries many readings, so a batch bounded by
+/// messages alone ([`DEFAULT_BATCH_SIZE`]) is not bounded in rows.
+pub const MAX_COMMIT_READINGS: usize = 20_000;
+/// Payload bytes one session's batch holds at most (they stay in memory until acknowledged), and one
+/// transaction gathers from several sessions at most: 2,000 messages of 1 MiB must not make one 2 GB batch.
+pub const MAX_BATCH_BYTES: usize = 8 * 1024 * 1024;
+/// How long dead letters are kept by default.
+pub const DEFAULT_DEAD_LETTER_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// Bounds on what the ingester accepts, how much one commit holds and how long dead letters are kept.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Larger payloads become dead letters ([`DEFAULT_MAX_PAYLOAD`]).
+    pub max_payload: usize,
+    /// Readings whose own time lies outside become dead letters.
+    pub window: TimeWindow,
+    /// See [`MAX_COMMIT_READINGS`].
+    pub max_commit_readings: usize,
+    /// See [`MAX_BATCH_BYTES`].
+    pub max_batch_bytes: usize,
+    /// Dead letters older than this are deleted by the hourly housekeeping.
+    pub dead_letter_retention: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_payload: DEFAULT_MAX_PAYLOAD,
+            window: TimeWindow::default(),
+            max_commit_readings: MAX_COMMIT_READINGS,
+            max_batch_bytes: MAX_BATCH_BYTES,
+            dead_letter_retention: DEFAULT_DEAD_LETTER_RETENTION,
+        }
+    }
+}
 
 /// How the ingester connects and batches.
 #[derive(Clone, Debug)]
@@ -71,6 +111,7 @@ pub struct Config {
     /// MQTT sessions on the same shared group, each receiving into its own batches (1 to [`MAX_SESSIONS`]);
     /// their client ids come from [`Config::session_client_id`].
     pub sessions: usize,
+    pub limits: Limits,
 }
 
 impl Config {
@@ -84,6 +125,7 @@ impl Config {
             batch_size: DEFAULT_BATCH_SIZE,
             batch_interval: DEFAULT_BATCH_INTERVAL,
             sessions: DEFAULT_SESSIONS,
+            limits: Limits::default(),
         }
     }
 
@@ -180,6 +222,7 @@ impl Ingester {
             config.sessions
         );
         anyhow::ensure!(config.batch_size > 0, "the ingester's batch size must be at least 1");
+        anyhow::ensure!(config.limits.max_payload > 0, "the ingester's largest payload must be at least 1 byte");
         store::ensure_partitions(&pool).await?;
         Ok(Ingester { config, pool, stats: Arc::default() })
     }
@@ -210,7 +253,7 @@ impl Ingester {
         // The writers are not aborted when this future is dropped: see `KillSwitch`.
         let _kill_switch = queue.kill_switch(stop.clone());
         let writers: Vec<_> = (0..writer::WRITERS.min(sessions))
-            .map(|_| tokio::spawn(writer::run(pool.clone(), queue.clone(), stats.clone(), stop.clone())))
+            .map(|_| tokio::spawn(writer::run(pool.clone(), queue.clone(), stats.clone(), stop.clone(), config.limits)))
             .collect();
         // A JoinSet aborts its tasks when dropped, so a killed ingester leaves no session behind.
         let mut lanes = JoinSet::new();
@@ -220,6 +263,7 @@ impl Ingester {
                 session: config.session_config(index),
                 batch_size: config.batch_size,
                 batch_interval: config.batch_interval,
+                limits: config.limits,
                 stats: stats.clone(),
                 subscribed: lane::Subscribed { sessions: subscribed.clone(), of: sessions },
             };
@@ -227,7 +271,7 @@ impl Ingester {
         }
         // The writers stop once every session has dropped its sender.
         drop(handover);
-        let mut partitions = tokio::time::interval_at(tokio::time::Instant::now() + PARTITION_CHECK, PARTITION_CHECK);
+        let mut housekeeping = tokio::time::interval(HOUSEKEEPING);
         let mut result = Ok(());
         loop {
             tokio::select! {
@@ -246,11 +290,7 @@ impl Ingester {
                         result = Err(failure);
                     }
                 }
-                _ = partitions.tick() => {
-                    if let Err(error) = store::ensure_partitions(&pool).await {
-                        tracing::warn!(%error, "could not create upcoming readings partitions");
-                    }
-                }
+                _ = housekeeping.tick() => housekeep(&pool, &config.limits).await,
             }
         }
         for writer in writers {
@@ -260,6 +300,19 @@ impl Ingester {
         }
         tracing::info!(stored = stats.stored(), "ingester stopped");
         result
+    }
+}
+
+/// The hourly chores (the first right at start): the readings partitions of the coming days, and pruning
+/// dead letters past their retention. A failure is logged and tried again next time.
+async fn housekeep(pool: &PgPool, limits: &Limits) {
+    if let Err(error) = store::ensure_partitions(pool).await {
+        tracing::warn!(%error, "could not create upcoming readings partitions");
+    }
+    match store::prune_dead_letters(pool, limits.dead_letter_retention).await {
+        Ok(0) => {}
+        Ok(pruned) => tracing::info!(pruned, "pruned dead letters past their retention"),
+        Err(error) => tracing::warn!(%error, "could not prune old dead letters"),
     }
 }
 

@@ -20,6 +20,8 @@ pub struct Outcome {
     pub duplicates: u64,
     pub dead_lettered: u64,
     pub presence_updates: u64,
+    /// Rows the database refused (found by bisecting a batch), stored as dead letters (counted in `dead_lettered`).
+    pub refused: u64,
 }
 
 /// Days of partitions kept ready behind and ahead of today, so inserts land in a daily partition.
@@ -36,30 +38,63 @@ pub async fn ensure_partitions(pool: &PgPool) -> Result<(), ferrite_db::DbError>
     Ok(())
 }
 
-/// Writes the batch in one transaction. When the database rejects the data itself (not the
-/// connection), the readings are written one by one and those it refuses become dead letters,
-/// so one bad row never blocks the rest.
+/// Writes the batch in one transaction.
 ///
 /// Readings are first inserted plainly, since a redelivered reading is rare (only after a reconnect or a
 /// restart) and `ON CONFLICT DO NOTHING` costs PostgreSQL about 1.7 times as much per row (measured: 14 against
 /// 8 ms for 2,000 rows). When the primary key refuses one, the transaction is rolled back and the batch written
 /// again, skipping the duplicates.
+///
+/// When the database refuses the data itself ([`is_data_error`]), the batch is bisected down to the rows it
+/// refuses (see [`write_bisecting`]): those become dead letters with the database's reason and the rest is
+/// stored, so one bad row never blocks the others and the batch is never retried forever. Any other error
+/// (connection lost, database restarting) is returned for the caller to retry: that is not the messages' fault.
 pub async fn write(pool: &PgPool, batch: &Batch) -> Result<Outcome, sqlx::Error> {
-    let written = match write_all(pool, &batch.readings, &batch.presence, &batch.dead_letters, Duplicates::Fail).await {
+    let horizon = batch.limits().window.latest(Utc::now());
+    let rows = Rows { readings: &batch.readings, presence: &batch.presence, dead_letters: &batch.dead_letters };
+    let written = match write_all(pool, rows, Duplicates::Fail, horizon).await {
         Err(sqlx::Error::Database(error)) if error.code().as_deref() == Some(UNIQUE_VIOLATION) => {
             tracing::debug!(%error, "a batch holds readings stored before; writing it again without them");
-            write_all(pool, &batch.readings, &batch.presence, &batch.dead_letters, Duplicates::Skip).await
+            write_all(pool, rows, Duplicates::Skip, horizon).await
         }
         other => other,
     };
     match written {
-        Err(sqlx::Error::Database(error)) if !is_transient(error.code().as_deref()) => {
-            tracing::warn!(%error, "the database refused a batch; writing its readings one by one");
-            write_one_by_one(pool, batch).await
+        Err(sqlx::Error::Database(error)) if is_data_error(error.code().as_deref()) => {
+            tracing::warn!(%error, "the database refused a batch; bisecting it to find the rows it refuses");
+            write_bisecting(pool, batch, horizon).await
         }
         other => other,
     }
 }
+
+/// Deletes the dead letters received more than `retention` ago, a bounded number per statement so that a
+/// large backlog does not hold one long transaction. Returns how many were deleted.
+pub async fn prune_dead_letters(pool: &PgPool, retention: std::time::Duration) -> Result<u64, sqlx::Error> {
+    let Some(before) = chrono::Duration::from_std(retention).ok().and_then(|age| Utc::now().checked_sub_signed(age))
+    else {
+        return Ok(0);
+    };
+    let mut pruned = 0;
+    loop {
+        let deleted = sqlx::query(
+            "DELETE FROM dead_letters WHERE id IN
+                (SELECT id FROM dead_letters WHERE received_at < $1 ORDER BY received_at LIMIT $2)",
+        )
+        .bind(before)
+        .bind(PRUNE_CHUNK)
+        .execute(pool)
+        .await?
+        .rows_affected();
+        pruned += deleted;
+        if deleted < PRUNE_CHUNK as u64 {
+            return Ok(pruned);
+        }
+    }
+}
+
+/// Dead letters deleted per statement when pruning.
+const PRUNE_CHUNK: i64 = 10_000;
 
 /// SQLSTATE of a primary key refusing a row.
 const UNIQUE_VIOLATION: &str = "23505";
@@ -73,52 +108,147 @@ enum Duplicates {
     Skip,
 }
 
-/// SQLSTATE classes worth retrying: connection (08), transaction rollback (40), resources (53), operator (57).
-fn is_transient(code: Option<&str>) -> bool {
-    code.is_some_and(|code| ["08", "40", "53", "57"].iter().any(|class| code.starts_with(class)))
+/// SQLSTATE classes that mean the database refuses the data itself, whenever it is sent: data exception (22,
+/// e.g. NUL in text or an out-of-range time), integrity constraint violation (23, e.g. a check), program limit
+/// exceeded (54, e.g. a row too large to index). Retrying such a batch can never succeed. Every other class
+/// (connection, rollback, resources, operator intervention, a missing table) is the platform's problem, not
+/// the message's: it is retried and nothing is acknowledged meanwhile.
+fn is_data_error(code: Option<&str>) -> bool {
+    code.is_some_and(|code| ["22", "23", "54"].iter().any(|class| code.starts_with(class)))
+}
+
+/// The rows of one transaction.
+#[derive(Clone, Copy)]
+struct Rows<'a> {
+    readings: &'a [Reading],
+    presence: &'a [PresenceChange],
+    dead_letters: &'a [DeadLetter],
+}
+
+impl<'a> Rows<'a> {
+    fn readings(readings: &'a [Reading]) -> Self {
+        Rows { readings, presence: &[], dead_letters: &[] }
+    }
+    fn presence(presence: &'a [PresenceChange]) -> Self {
+        Rows { readings: &[], presence, dead_letters: &[] }
+    }
+    fn dead_letters(dead_letters: &'a [DeadLetter]) -> Self {
+        Rows { readings: &[], presence: &[], dead_letters }
+    }
 }
 
 async fn write_all(
     pool: &PgPool,
-    readings: &[Reading],
-    presence: &[PresenceChange],
-    dead_letters: &[DeadLetter],
+    rows: Rows<'_>,
     duplicates: Duplicates,
+    horizon: DateTime<Utc>,
 ) -> Result<Outcome, sqlx::Error> {
+    let Rows { readings, presence, dead_letters } = rows;
     let mut tx = pool.begin().await?;
     let mut outcome = Outcome::default();
     register_devices(&mut tx, readings, presence).await?;
     outcome.stored = insert_readings(&mut tx, readings, duplicates).await?;
     outcome.duplicates = readings.len() as u64 - outcome.stored;
-    upsert_latest(&mut tx, readings).await?;
+    upsert_latest(&mut tx, readings, horizon).await?;
     outcome.presence_updates = update_presence(&mut tx, readings, presence).await?;
     outcome.dead_lettered = insert_dead_letters(&mut tx, dead_letters).await?;
     tx.commit().await?;
     Ok(outcome)
 }
 
-async fn write_one_by_one(pool: &PgPool, batch: &Batch) -> Result<Outcome, sqlx::Error> {
+/// The database's reason for refusing a row, as a dead letter says it.
+fn refusal(error: &dyn sqlx::error::DatabaseError) -> String {
+    format!("the database refused it: {} (SQLSTATE {})", error.message(), error.code().unwrap_or_default())
+}
+
+/// Writes a batch the database refused, in parts: readings, then presence, then dead letters (the batch's own and
+/// those made here), each halved until a part is accepted or holds one row. A single refused reading or presence
+/// change becomes a dead letter with the database's reason; a single refused dead letter is replaced by one that
+/// keeps only the reason. So a batch of `n` rows with one bad row costs about `2 log2 n` transactions.
+async fn write_bisecting(pool: &PgPool, batch: &Batch, horizon: DateTime<Utc>) -> Result<Outcome, sqlx::Error> {
     let mut total = Outcome::default();
-    let mut refused = Vec::new();
-    for reading in &batch.readings {
-        let only = std::slice::from_ref(reading);
-        match write_all(pool, only, &[], &[], Duplicates::Skip).await {
-            Ok(outcome) => {
-                total.stored += outcome.stored;
-                total.duplicates += outcome.duplicates;
+    let mut letters = Vec::new();
+    let readings = bisect(&batch.readings, Rows::readings, pool, horizon, |reading, error| {
+        letters.push(DeadLetter::new(
+            &format!("sensors/{}/{}", reading.device, reading.metric),
+            &format!("{{\"value\":{},\"ts\":\"{}\"}}", reading.value, reading.ts.to_rfc3339()).into(),
+            &refusal(error),
+            "database",
+        ));
+    })
+    .await?;
+    total.stored = readings.stored;
+    total.duplicates = readings.duplicates;
+    total.refused = letters.len() as u64;
+    let presence = bisect(&batch.presence, Rows::presence, pool, horizon, |change, error| {
+        letters.push(DeadLetter::new(
+            &format!("devices/{}/status", change.device),
+            &bytes::Bytes::from_static(if change.presence == Presence::Online { b"online" } else { b"offline" }),
+            &refusal(error),
+            "database",
+        ));
+    })
+    .await?;
+    total.presence_updates = presence.presence_updates;
+    total.refused = letters.len() as u64;
+    letters.extend(batch.dead_letters.iter().cloned());
+    let mut replacements = Vec::new();
+    let dead = bisect(&letters, Rows::dead_letters, pool, horizon, |letter, error| {
+        tracing::error!(topic = %letter.topic, %error, "the database refused a dead letter; keeping only its reason");
+        replacements.push(DeadLetter::new(
+            "",
+            &bytes::Bytes::new(),
+            &format!("a dead letter ({}) was refused by the database: {}", letter.reason, refusal(error)),
+            letter.kind,
+        ));
+    })
+    .await?;
+    total.dead_lettered = dead.dead_lettered;
+    if !replacements.is_empty() {
+        match write_all(pool, Rows::dead_letters(&replacements), Duplicates::Skip, horizon).await {
+            Ok(outcome) => total.dead_lettered += outcome.dead_lettered,
+            Err(sqlx::Error::Database(error)) if is_data_error(error.code().as_deref()) => {
+                tracing::error!(%error, lost = replacements.len(), "the database refused even the bare dead letters");
             }
-            Err(sqlx::Error::Database(error)) if !is_transient(error.code().as_deref()) => refused.push(DeadLetter {
-                topic: format!("sensors/{}/{}", reading.device, reading.metric),
-                payload: reading.value.to_string().into(),
-                reason: format!("database refused the reading: {error}"),
-            }),
             Err(error) => return Err(error),
         }
     }
-    refused.extend(batch.dead_letters.iter().cloned());
-    let outcome = write_all(pool, &[], &batch.presence, &refused, Duplicates::Skip).await?;
-    total.dead_lettered = outcome.dead_lettered;
-    total.presence_updates = outcome.presence_updates;
+    Ok(total)
+}
+
+/// Writes `items` in halves until each part is accepted or is one row the database refuses (handed to `refused`).
+async fn bisect<'a, T>(
+    items: &'a [T],
+    rows: impl Fn(&'a [T]) -> Rows<'a>,
+    pool: &PgPool,
+    horizon: DateTime<Utc>,
+    mut refused: impl FnMut(&'a T, &dyn sqlx::error::DatabaseError),
+) -> Result<Outcome, sqlx::Error> {
+    let mut total = Outcome::default();
+    // Parts still to write, the next on top, so the rows are written in their order.
+    let mut parts = vec![items];
+    while let Some(part) = parts.pop() {
+        if part.is_empty() {
+            continue;
+        }
+        match write_all(pool, rows(part), Duplicates::Skip, horizon).await {
+            Ok(outcome) => {
+                total.stored += outcome.stored;
+                total.duplicates += outcome.duplicates;
+                total.presence_updates += outcome.presence_updates;
+                total.dead_lettered += outcome.dead_lettered;
+            }
+            Err(sqlx::Error::Database(error)) if is_data_error(error.code().as_deref()) => match part {
+                [one] => refused(one, &*error),
+                _ => {
+                    let (first, second) = part.split_at(part.len() / 2);
+                    parts.push(second);
+                    parts.push(first);
+                }
+            },
+            Err(error) => return Err(error),
+        }
+    }
     Ok(total)
 }
 
@@ -185,7 +315,14 @@ fn key(reading: &Reading) -> (&str, &str) {
 }
 
 /// Keeps the newest value per device and metric (a late, older reading does not overwrite it).
-async fn upsert_latest(tx: &mut Transaction<'_, Postgres>, readings: &[Reading]) -> Result<(), sqlx::Error> {
+///
+/// A kept value later than `horizon` (the latest time a reading may carry now) is overwritten by any reading:
+/// it came from before the ingester bounded reading times, and must not keep its metric's latest value forever.
+async fn upsert_latest(
+    tx: &mut Transaction<'_, Postgres>,
+    readings: &[Reading],
+    horizon: DateTime<Utc>,
+) -> Result<(), sqlx::Error> {
     // One row per key, or PostgreSQL refuses to update the same row twice in one statement.
     let mut newest: HashMap<(&str, &str), &Reading> = HashMap::new();
     for reading in readings {
@@ -213,13 +350,14 @@ async fn upsert_latest(tx: &mut Transaction<'_, Postgres>, readings: &[Reading])
          SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::float8[], $5::text[])
          ON CONFLICT (device_id, metric) DO UPDATE
             SET ts = excluded.ts, value = excluded.value, unit = excluded.unit
-            WHERE l.ts <= excluded.ts",
+            WHERE l.ts <= excluded.ts OR l.ts > $6",
     )
     .bind(&devices)
     .bind(&metrics)
     .bind(&ts)
     .bind(&values)
     .bind(&units)
+    .bind(horizon)
     .execute(&mut **tx)
     .await?;
     Ok(())

@@ -21,8 +21,8 @@ use tokio::sync::{Mutex, OwnedSemaphorePermit, mpsc};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::Stats;
 use crate::batch::Batch;
+use crate::{Limits, Stats};
 use crate::{store, trace};
 
 /// Transactions in progress at once per ingester: one finishing while the next inserts its readings.
@@ -42,10 +42,11 @@ pub(crate) struct Handover {
 /// The sessions' side of the queue; at most one batch per session waits in it.
 pub(crate) type Sender = mpsc::Sender<Handover>;
 
-/// The writers' side of the queue: one writer at a time takes everything waiting.
+/// The writers' side of the queue: one writer at a time takes everything waiting, up to one commit's bounds.
 #[derive(Clone)]
 pub(crate) struct Queue {
-    receiver: Arc<Mutex<mpsc::Receiver<Handover>>>,
+    /// With the batch taken from the channel that did not fit in the previous commit; it goes first in the next.
+    receiver: Arc<Mutex<(mpsc::Receiver<Handover>, Option<Handover>)>>,
     /// Set when a writer gave up on a transaction while stopping, or when the ingester was killed
     /// (see [`KillSwitch`]): from then on nothing more is written or acknowledged, since a later batch of a
     /// session must not be acknowledged before an earlier one.
@@ -79,24 +80,40 @@ impl Drop for KillSwitch {
 /// A queue for `sessions` sessions.
 pub(crate) fn queue(sessions: usize) -> (Sender, Queue) {
     let (sender, receiver) = mpsc::channel(sessions.max(1));
-    (sender, Queue { receiver: Arc::new(Mutex::new(receiver)), abandoned: Arc::default() })
+    (sender, Queue { receiver: Arc::new(Mutex::new((receiver, None))), abandoned: Arc::default() })
 }
 
 /// Commits batches until every session has dropped its sender.
-pub(crate) async fn run(pool: PgPool, queue: Queue, stats: Arc<Stats>, stop: CancellationToken) {
+pub(crate) async fn run(pool: PgPool, queue: Queue, stats: Arc<Stats>, stop: CancellationToken, limits: Limits) {
     loop {
         let handovers = {
-            let mut receiver = queue.receiver.lock().await;
-            let Some(first) = receiver.recv().await else { return };
+            let mut guard = queue.receiver.lock().await;
+            let (receiver, left_over) = &mut *guard;
+            let first = match left_over.take() {
+                Some(first) => first,
+                None => match receiver.recv().await {
+                    Some(first) => first,
+                    None => return,
+                },
+            };
+            let mut readings = first.batch.readings.len();
+            let mut bytes = first.batch.bytes();
             let mut handovers = vec![first];
             while let Ok(more) = receiver.try_recv() {
+                readings += more.batch.readings.len();
+                bytes += more.batch.bytes();
+                if readings > limits.max_commit_readings || bytes > limits.max_batch_bytes {
+                    // Another session's batch: the order of each session's own batches is kept by its permit.
+                    *left_over = Some(more);
+                    break;
+                }
                 handovers.push(more);
             }
             handovers
         };
         // Dropping them returns their permits without acknowledging anything.
         if !queue.abandoned.load(Ordering::SeqCst) {
-            commit(&pool, handovers, &stats, &stop, &queue.abandoned).await;
+            commit(&pool, handovers, &stats, &stop, &queue.abandoned, limits).await;
         }
     }
 }
@@ -112,8 +129,9 @@ async fn commit(
     stats: &Stats,
     stop: &CancellationToken,
     abandoned: &AtomicBool,
+    limits: Limits,
 ) {
-    let mut rows = Batch::default();
+    let mut rows = Batch::new(limits);
     let mut traces = Vec::new();
     let mut messages = 0;
     for handover in &mut handovers {
@@ -166,6 +184,24 @@ async fn commit(
     stats.batches.fetch_add(1, Ordering::Relaxed);
     metrics::counter!("ferrite_ingester_stored_total").increment(outcome.stored);
     metrics::counter!("ferrite_ingester_duplicates_total").increment(outcome.duplicates);
-    metrics::counter!("ferrite_ingester_dead_letters_total").increment(outcome.dead_lettered);
+    count_dead_letters(&rows, &outcome);
     metrics::histogram!("ferrite_ingester_batch_messages").record(messages as f64);
+}
+
+/// `ferrite_ingester_dead_letters_total{reason}`: the batch's own dead letters by kind, and the rows the database
+/// refused (`reason="database"`). `rows` still holds the dead letters parsed before the write.
+fn count_dead_letters(rows: &Batch, outcome: &store::Outcome) {
+    let mut kinds: Vec<(&'static str, u64)> = Vec::new();
+    for letter in &rows.dead_letters {
+        match kinds.iter_mut().find(|(kind, _)| *kind == letter.kind) {
+            Some((_, count)) => *count += 1,
+            None => kinds.push((letter.kind, 1)),
+        }
+    }
+    if outcome.refused > 0 {
+        kinds.push(("database", outcome.refused));
+    }
+    for (kind, count) in kinds {
+        metrics::counter!("ferrite_ingester_dead_letters_total", "reason" => kind).increment(count);
+    }
 }

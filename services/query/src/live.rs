@@ -22,8 +22,8 @@ use tokio_util::sync::CancellationToken;
 pub const STREAM_BUFFER: usize = 1024;
 
 /// The largest MQTT packet the feed accepts; bigger ones are dropped by the broker for us (rumqttc would otherwise
-/// drop the whole connection on one).
-const MAX_MQTT_PACKET: u32 = 256 * 1024;
+/// drop the whole connection on one). The platform's one limit.
+const MAX_MQTT_PACKET: u32 = ferrite_core::limits::MAX_RECEIVED_PACKET_SIZE;
 
 /// How long closing waits for the broker (the feed publishes nothing, so there is nothing to drain).
 const CLOSE_DRAIN: Duration = Duration::from_millis(200);

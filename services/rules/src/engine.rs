@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use ferrite_core::{Topic, parse_readings};
+use ferrite_core::{TimeWindow, Topic, parse_readings};
 use ferrite_mqtt::{BrokerUrl, Event, Message, QoS, Session, SessionConfig};
 use sqlx::PgPool;
 use sqlx::postgres::PgListener;
@@ -49,6 +49,9 @@ pub struct EngineConfig {
     pub share_group: String,
     pub reload_every: Duration,
     pub tag_ttl: Duration,
+    /// Readings whose own time lies outside are skipped, as the ingester dead-letters them: one reading stamped
+    /// far in the future would otherwise hold a device's tracks (whose time only moves forward) for good.
+    pub window: TimeWindow,
 }
 
 impl EngineConfig {
@@ -60,6 +63,7 @@ impl EngineConfig {
             share_group: DEFAULT_SHARE_GROUP.to_owned(),
             reload_every: DEFAULT_RELOAD_EVERY,
             tag_ttl: DEFAULT_TAG_TTL,
+            window: TimeWindow::default(),
         }
     }
 }
@@ -104,6 +108,7 @@ struct State {
     tracks: HashMap<(Uuid, String), Track>,
     tags: HashMap<String, (Vec<String>, Instant)>,
     tag_ttl: Duration,
+    window: TimeWindow,
     stats: Arc<EngineStats>,
 }
 
@@ -118,6 +123,7 @@ impl RulesEngine {
             tracks: HashMap::new(),
             tags: HashMap::new(),
             tag_ttl: config.tag_ttl,
+            window: config.window,
             stats: Arc::default(),
         };
         state.reload(&service).await?;
@@ -235,9 +241,14 @@ impl State {
             return;
         }
         // Payloads that do not parse are the ingester's to dead-letter; rules just skip them.
-        let Ok(readings) = parse_readings(&topic, message.payload(), message.content_type(), Utc::now()) else {
+        let now = Utc::now();
+        let Ok(readings) = parse_readings(&topic, message.payload(), message.content_type(), now) else {
             return;
         };
+        // One payload carries one time: the ingester dead-letters the whole message when it is out of the window.
+        if readings.iter().any(|reading| self.window.check(reading.ts, now).is_err()) {
+            return;
+        }
         for reading in readings {
             self.stats.readings.fetch_add(1, Ordering::Relaxed);
             let Some(rules) = self.rules.get(&reading.metric).cloned() else {

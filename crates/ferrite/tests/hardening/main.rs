@@ -2,7 +2,9 @@
 //! `ferrite up` as a user would and attacks it as a device, a browser or an API client could.
 //!
 //! - `support`: one `ferrite up` on free ports, its addresses read from the banner, its database.
+//! - `ingest`: poison messages and input bounds of the ingestion path (items 1 to 3).
 
+mod ingest;
 mod support;
 
 use support::Platform;

@@ -191,3 +191,22 @@ async fn changing_or_deleting_a_rule_resolves_its_alerts() -> anyhow::Result<()>
     platform.wait_rules(0).await?;
     Ok(())
 }
+
+/// A reading stamped far in the future is outside the reading-time window: the engine skips it (as the ingester
+/// dead-letters it), so it neither fires nor moves the device's track beyond every later reading.
+#[tokio::test]
+async fn a_far_future_reading_is_ignored() -> anyhow::Result<()> {
+    let platform = Platform::start().await?;
+    let mut mqtt = Mqtt::connect(&platform).await?;
+    platform.create_rule(json!({"name": "hot", "metric": "temperature", "comparison": ">", "value": 30})).await?;
+    let far = DateTime::parse_from_rfc3339("9999-01-01T00:00:00Z")?.with_timezone(&Utc);
+    mqtt.reading("r-future", "temperature", 40.0, far).await?;
+    let t0 = base();
+    for (second, value) in [(0, 25.0), (1, 31.0)] {
+        mqtt.reading("r-future", "temperature", value, at(t0, second)).await?;
+    }
+    let (_, fired) = mqtt.next_alert().await?;
+    assert_eq!(fired["value"], 31.0, "the far-future reading fired or froze the track: {fired}");
+    assert_eq!(fired["ts"], at(t0, 1).to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
+    Ok(())
+}
