@@ -1,0 +1,485 @@
+//! The chaos test: every reading of a QoS 1 stream is stored exactly once although, during the stream,
+//! the ingester is killed with SIGKILL three times (and restarted with the same client id, so it takes its
+//! persistent sessions over) and PostgreSQL is restarted once.
+//!
+//! Everything runs as real processes: a private PostgreSQL (`PgCluster`), `ferrite migrate`, `ferrite broker`,
+//! `ferrite ingester`, and one `mosquitto_pub` per device (a third-party client) fed a line per reading.
+//! What happened (when each fault landed, how many rows were stored then) is printed, so a failure explains itself;
+//! the processes' own logs (`RUST_LOG` from `TEST_LOG`, default `warn`) are printed when the test fails.
+
+use std::collections::BTreeSet;
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use ferrite_db::PgCluster;
+use sqlx::PgPool;
+
+/// Devices in the stream, each its own `mosquitto_pub` connection.
+const DEVICES: usize = 20;
+/// Readings per device: 20 × 1,000 = 20,000 readings.
+const PER_DEVICE: usize = 1_000;
+/// One reading per device every this often: the stream lasts about 12 s, long enough for every fault to land in it.
+const STEP: Duration = Duration::from_millis(12);
+/// The ingester is killed once this many readings per device have been handed to the publishers...
+const KILLS_AT: [usize; 3] = [150, 600, 800];
+/// ...and PostgreSQL restarted once this many have.
+const PG_RESTART_AT: usize = 400;
+/// How long a killed ingester stays down, so that the broker queues a backlog for its sessions.
+const DOWNTIME: Duration = Duration::from_millis(700);
+/// How long PostgreSQL stays down, so that the ingester's commits fail and are retried.
+const PG_DOWNTIME: Duration = Duration::from_millis(1_000);
+/// How long the stored rows may take to reach the expected count after the stream ended. Generous: a loaded
+/// CI machine, an ingester retrying with backoff after the database came back. Reaching it means readings were lost.
+const SETTLE_DEADLINE: Duration = Duration::from_secs(120);
+/// Device ids are `chaos-01` ... `chaos-20`; nothing else in the database starts with this.
+const PREFIX: &str = "chaos-";
+const METRIC: &str = "level";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_ingesters_and_a_restarted_database_lose_and_double_nothing() -> anyhow::Result<()> {
+    require("mosquitto_pub", "mosquitto-clients")?;
+    let dir = tempfile::tempdir()?;
+    let mut chaos = Chaos::start(dir.path()).await?;
+    let result = chaos.run().await;
+    if let Err(error) = &result {
+        eprintln!("chaos test failed: {error:#}\n{}", chaos.logs());
+    }
+    chaos.stop().await;
+    result
+}
+
+/// The processes under test and what happened to them.
+struct Chaos {
+    dir: PathBuf,
+    /// `None` only while PostgreSQL is restarting.
+    cluster: Option<PgCluster>,
+    cluster_dir: PathBuf,
+    pool: PgPool,
+    broker: Process,
+    broker_url: String,
+    ingester: Process,
+    /// Ingesters started so far (the n-th writes `ingester-n.log`).
+    ingesters: usize,
+    started: Instant,
+    /// One line per event, printed at the end.
+    timeline: Vec<String>,
+}
+
+impl Chaos {
+    async fn start(dir: &Path) -> anyhow::Result<Chaos> {
+        let started = Instant::now();
+        // As root the cluster runs as the `postgres` user, who must be able to reach its directory (handed to it).
+        std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o711))?;
+        let cluster_dir = dir.join("postgres");
+        let cluster = {
+            let cluster_dir = cluster_dir.clone();
+            tokio::task::spawn_blocking(move || PgCluster::start(&cluster_dir)).await??
+        };
+        let url = cluster.url();
+        let migrate = ferrite()
+            .arg("migrate")
+            .env("DATABASE_URL", &url)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .output()
+            .context("running ferrite migrate")?;
+        anyhow::ensure!(
+            migrate.status.success(),
+            "ferrite migrate failed: {}",
+            String::from_utf8_lossy(&migrate.stderr)
+        );
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(2)
+            .connect_with(cluster.connect_options())
+            .await
+            .context("connecting to the private PostgreSQL")?;
+
+        let broker = Process::spawn(
+            "broker",
+            ferrite()
+                .args(["broker", "--mqtt-addr", "127.0.0.1:0", "--ws-addr", "127.0.0.1:0"])
+                .args(["--metrics-addr", "127.0.0.1:0", "--data-dir"])
+                .arg(dir.join("broker"))
+                // Anonymous clients on loopback: the test is about delivery, not authentication.
+                .env_remove("DATABASE_URL"),
+            &dir.join("broker.log"),
+        )?;
+        let broker_url = wait_for_line(&dir.join("broker.log"), "mqtt://")
+            .await
+            .context("the broker did not print its MQTT address")?;
+        let broker_url = broker_url.split_whitespace().last().context("an MQTT line")?.to_owned();
+
+        let mut chaos = Chaos {
+            dir: dir.to_path_buf(),
+            cluster: Some(cluster),
+            cluster_dir,
+            pool,
+            broker,
+            broker_url,
+            ingester: Process::none(),
+            ingesters: 0,
+            started,
+            timeline: Vec::new(),
+        };
+        chaos.ingester = chaos.spawn_ingester()?;
+        chaos.note(format!("PostgreSQL on port {}, broker on {}, ingester 1 started", chaos.port(), chaos.broker_url));
+        chaos.wait_until_ingesting().await?;
+        Ok(chaos)
+    }
+
+    fn port(&self) -> u16 {
+        self.cluster.as_ref().map_or(0, PgCluster::port)
+    }
+
+    fn spawn_ingester(&mut self) -> anyhow::Result<Process> {
+        self.ingesters += 1;
+        let url = self.cluster.as_ref().context("PostgreSQL is running")?.url();
+        let log = self.dir.join(format!("ingester-{}.log", self.ingesters));
+        Process::spawn(
+            "ingester",
+            ferrite()
+                .args(["ingester", "--metrics-addr", "127.0.0.1:0"])
+                // The same client id every time (the default, said out loud): each run takes the sessions over.
+                .args(["--ingester-id", "ferrite-ingester"])
+                .env("DATABASE_URL", url)
+                .env("FERRITE_BROKER_URL", &self.broker_url),
+            &log,
+        )
+    }
+
+    /// A probe reading published before the stream is stored once the ingester's shared subscription exists at the broker;
+    /// from then on the broker queues the group's messages for its persistent sessions, whether they are connected or not.
+    async fn wait_until_ingesting(&mut self) -> anyhow::Result<()> {
+        let (host, port) = self.broker_url.trim_start_matches("mqtt://").rsplit_once(':').context("host:port")?;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let status = Command::new("mosquitto_pub")
+                .args(["-h", host, "-p", port, "-q", "1", "-t", "sensors/probe/level", "-m", "1"])
+                .status()?;
+            anyhow::ensure!(status.success(), "mosquitto_pub of the probe failed: {status}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            if count(&self.pool, "select count(*) from readings where device_id = 'probe'").await? > 0 {
+                self.note("the ingester stores readings; the stream starts".into());
+                return Ok(());
+            }
+            anyhow::ensure!(Instant::now() < deadline, "the ingester stored no probe reading within 60 s");
+        }
+    }
+
+    async fn run(&mut self) -> anyhow::Result<()> {
+        let (host, port) = self.broker_url.trim_start_matches("mqtt://").rsplit_once(':').context("host:port")?;
+        let base_ms = SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis() as i64 - 60_000;
+        let mut publishers = Vec::new();
+        let mut inputs = Vec::new();
+        for device in 1..=DEVICES {
+            let mut child = Command::new("mosquitto_pub")
+                .args(["-h", host, "-p", port, "-q", "1", "-l"])
+                .args(["-i", &format!("chaos-pub-{device:02}")])
+                .args(["-t", &format!("sensors/{PREFIX}{device:02}/{METRIC}")])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .context("starting mosquitto_pub")?;
+            inputs.push(child.stdin.take().context("stdin is piped")?);
+            publishers.push(child);
+        }
+        let progress = Arc::new(AtomicUsize::new(0));
+        let stream_started = Instant::now();
+        let feeder = std::thread::spawn({
+            let progress = progress.clone();
+            move || feed(inputs, base_ms, &progress)
+        });
+
+        for (step, &at) in KILLS_AT.iter().enumerate() {
+            if step == 1 {
+                self.wait_progress(&progress, PG_RESTART_AT).await?;
+                self.restart_postgres(&progress).await?;
+            }
+            self.wait_progress(&progress, at).await?;
+            self.kill_ingester(&progress).await?;
+        }
+
+        let fed = tokio::task::spawn_blocking(move || feeder.join()).await?;
+        fed.map_err(|_| anyhow::anyhow!("the feeder thread panicked"))??;
+        let stream_took = stream_started.elapsed();
+        self.note(format!("stream of {} readings handed to the publishers in {stream_took:.1?}", DEVICES * PER_DEVICE));
+
+        for (device, publisher) in publishers.into_iter().enumerate() {
+            let output = tokio::task::spawn_blocking(move || publisher.wait_with_output()).await??;
+            anyhow::ensure!(
+                output.status.success(),
+                "mosquitto_pub of device {} failed ({}): {}",
+                device + 1,
+                output.status,
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        self.note(format!("every publisher got its PUBACKs and exited ({})", self.rows().await));
+
+        let expected = (DEVICES * PER_DEVICE) as i64;
+        let deadline = Instant::now() + SETTLE_DEADLINE;
+        let stored = loop {
+            let stored =
+                count(&self.pool, &format!("select count(*) from readings where device_id like '{PREFIX}%'")).await?;
+            if stored >= expected || Instant::now() >= deadline {
+                break stored;
+            }
+            self.ingester.check_alive()?;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        self.note(format!("{stored} rows stored"));
+        self.verify(base_ms).await?;
+        self.ingester.check_alive()?;
+        anyhow::ensure!(stored == expected, "{stored} of {expected} readings stored");
+        Ok(())
+    }
+
+    /// Waits until `at` readings per device were handed over, and checks that the stream has not ended yet:
+    /// a fault after the stream would not test what this test claims.
+    async fn wait_progress(&self, progress: &AtomicUsize, at: usize) -> anyhow::Result<()> {
+        while progress.load(Ordering::SeqCst) < at {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let now = progress.load(Ordering::SeqCst);
+        anyhow::ensure!(
+            now < PER_DEVICE,
+            "the stream ended before the fault planned at reading {at} (machine too slow?)"
+        );
+        Ok(())
+    }
+
+    async fn kill_ingester(&mut self, progress: &AtomicUsize) -> anyhow::Result<()> {
+        let rows = self.rows().await;
+        self.ingester.check_alive()?;
+        let pid = self.ingester.pid();
+        self.ingester.kill()?;
+        self.note(format!(
+            "SIGKILL ingester {} (pid {pid}) at reading {} per device; {rows}",
+            self.ingesters,
+            progress.load(Ordering::SeqCst)
+        ));
+        tokio::time::sleep(DOWNTIME).await;
+        self.ingester = self.spawn_ingester()?;
+        self.note(format!(
+            "ingester {} started at reading {} per device; {}",
+            self.ingesters,
+            progress.load(Ordering::SeqCst),
+            self.rows().await
+        ));
+        Ok(())
+    }
+
+    async fn restart_postgres(&mut self, progress: &AtomicUsize) -> anyhow::Result<()> {
+        let rows = self.rows().await;
+        let port = self.port();
+        let cluster = self.cluster.take().context("PostgreSQL is running")?;
+        tokio::task::spawn_blocking(move || cluster.stop()).await??;
+        self.note(format!(
+            "PostgreSQL stopped (fast shutdown) at reading {} per device; {rows}",
+            progress.load(Ordering::SeqCst)
+        ));
+        tokio::time::sleep(PG_DOWNTIME).await;
+        let cluster_dir = self.cluster_dir.clone();
+        let cluster = tokio::task::spawn_blocking(move || PgCluster::start(&cluster_dir)).await??;
+        anyhow::ensure!(
+            cluster.port() == port,
+            "PostgreSQL came back on port {} instead of {port} (the port was taken meanwhile)",
+            cluster.port()
+        );
+        self.cluster = Some(cluster);
+        self.note(format!(
+            "PostgreSQL started again at reading {} per device; {}",
+            progress.load(Ordering::SeqCst),
+            self.rows().await
+        ));
+        Ok(())
+    }
+
+    /// Every expected `(device, metric, ts)` is stored with its value, nothing else under the prefix, no dead letters.
+    async fn verify(&self, base_ms: i64) -> anyhow::Result<()> {
+        let rows: Vec<(String, String, i64, f64)> = sqlx::query_as(
+            "select device_id, metric, (extract(epoch from ts) * 1000)::bigint, value \
+             from readings where device_id like 'chaos-%'",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let stored: BTreeSet<(String, String, i64, i64)> =
+            rows.into_iter().map(|(device, metric, ts, value)| (device, metric, ts, value as i64)).collect();
+        let expected: BTreeSet<(String, String, i64, i64)> = (1..=DEVICES)
+            .flat_map(|device| {
+                (0..PER_DEVICE)
+                    .map(move |i| (format!("{PREFIX}{device:02}"), METRIC.to_owned(), base_ms + i as i64, i as i64))
+            })
+            .collect();
+        let missing: Vec<_> = expected.difference(&stored).collect();
+        let unexpected: Vec<_> = stored.difference(&expected).collect();
+        let dead_letters = count(&self.pool, "select count(*) from dead_letters").await?;
+        anyhow::ensure!(
+            missing.is_empty() && unexpected.is_empty() && dead_letters == 0,
+            "{} readings missing (first: {:?}), {} unexpected (first: {:?}), {dead_letters} dead letters",
+            missing.len(),
+            missing.iter().take(10).collect::<Vec<_>>(),
+            unexpected.len(),
+            unexpected.iter().take(10).collect::<Vec<_>>(),
+        );
+        Ok(())
+    }
+
+    /// Rows stored so far, for the timeline (the database may be down).
+    async fn rows(&self) -> String {
+        match count(&self.pool, &format!("select count(*) from readings where device_id like '{PREFIX}%'")).await {
+            Ok(rows) => format!("{rows} rows stored"),
+            Err(error) => format!("rows unknown ({error})"),
+        }
+    }
+
+    fn note(&mut self, event: String) {
+        let line = format!("{:>7.2?}  {event}", self.started.elapsed());
+        println!("{line}");
+        self.timeline.push(line);
+    }
+
+    /// The last lines of every process's log, for a failure.
+    fn logs(&self) -> String {
+        let mut names = vec!["broker.log".to_owned()];
+        names.extend((1..=self.ingesters).map(|n| format!("ingester-{n}.log")));
+        let mut text = format!("timeline:\n{}\n", self.timeline.join("\n"));
+        for name in names {
+            let log = std::fs::read_to_string(self.dir.join(&name)).unwrap_or_default();
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(40)..];
+            text.push_str(&format!("--- {name} (last {} of {} lines)\n{}\n", tail.len(), lines.len(), tail.join("\n")));
+        }
+        if let Some(cluster) = &self.cluster {
+            let log = std::fs::read_to_string(cluster.dir().join("postgres.log")).unwrap_or_default();
+            let lines: Vec<&str> = log.lines().collect();
+            text.push_str(&format!("--- postgres.log\n{}\n", lines[lines.len().saturating_sub(20)..].join("\n")));
+        }
+        text
+    }
+
+    async fn stop(mut self) {
+        let _ = self.ingester.terminate().await;
+        let _ = self.broker.terminate().await;
+        self.pool.close().await;
+        if let Some(cluster) = self.cluster.take() {
+            let _ = tokio::task::spawn_blocking(move || cluster.stop()).await;
+        }
+    }
+}
+
+/// Hands reading `i` of every device to its publisher every [`STEP`] (on a fixed schedule, so a slow write does not
+/// stretch the stream), then closes the publishers' input: each exits once its last PUBACK came back.
+fn feed(mut inputs: Vec<ChildStdin>, base_ms: i64, progress: &AtomicUsize) -> anyhow::Result<()> {
+    let start = Instant::now();
+    for i in 0..PER_DEVICE {
+        let line = format!("{{\"value\":{i},\"ts\":{}}}\n", base_ms + i as i64);
+        for input in &mut inputs {
+            input.write_all(line.as_bytes()).context("writing to mosquitto_pub")?;
+        }
+        progress.store(i + 1, Ordering::SeqCst);
+        let next = start + STEP * (i as u32 + 1);
+        std::thread::sleep(next.saturating_duration_since(Instant::now()));
+    }
+    Ok(())
+}
+
+/// A child process whose output goes to a log file; killed when dropped.
+struct Process {
+    name: &'static str,
+    child: Option<Child>,
+}
+
+impl Process {
+    fn none() -> Process {
+        Process { name: "nothing", child: None }
+    }
+
+    fn spawn(name: &'static str, command: &mut Command, log: &Path) -> anyhow::Result<Process> {
+        let stdout = File::create(log)?;
+        let stderr = stdout.try_clone()?;
+        let child = command
+            .env("RUST_LOG", std::env::var("TEST_LOG").unwrap_or_else(|_| "warn".into()))
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(stderr)
+            .spawn()
+            .with_context(|| format!("starting the {name}"))?;
+        Ok(Process { name, child: Some(child) })
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    /// Fails if the process has exited on its own.
+    fn check_alive(&mut self) -> anyhow::Result<()> {
+        let child = self.child.as_mut().with_context(|| format!("the {} is not running", self.name))?;
+        if let Some(status) = child.try_wait()? {
+            anyhow::bail!("the {} (pid {}) exited on its own: {status}", self.name, child.id());
+        }
+        Ok(())
+    }
+
+    /// SIGKILL (what `Child::kill` sends on Unix), then reaps it.
+    fn kill(&mut self) -> anyhow::Result<()> {
+        let mut child = self.child.take().with_context(|| format!("the {} is not running", self.name))?;
+        child.kill()?;
+        child.wait()?;
+        Ok(())
+    }
+
+    /// SIGTERM and waits for the exit.
+    async fn terminate(&mut self) -> anyhow::Result<()> {
+        if let Some(mut child) = self.child.take() {
+            let pid = child.id().to_string();
+            Command::new("kill").args(["-TERM", &pid]).status()?;
+            tokio::task::spawn_blocking(move || child.wait()).await??;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn ferrite() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_ferrite"))
+}
+
+/// Fails with what to install when a tool the test drives is missing.
+fn require(program: &str, package: &str) -> anyhow::Result<()> {
+    match Command::new(program).arg("--help").stdout(Stdio::null()).stderr(Stdio::null()).status() {
+        Ok(_) => Ok(()),
+        Err(error) => anyhow::bail!("{program} is needed for this test ({error}): install {package}"),
+    }
+}
+
+/// Polls a log file until a line containing `needle` appears, and returns it.
+async fn wait_for_line(log: &Path, needle: &str) -> anyhow::Result<String> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(line) = std::fs::read_to_string(log)?.lines().find(|line| line.contains(needle)) {
+            return Ok(line.to_owned());
+        }
+        anyhow::ensure!(Instant::now() < deadline, "no line with {needle:?} in {} within 60 s", log.display());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn count(pool: &PgPool, sql: &str) -> anyhow::Result<i64> {
+    Ok(sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_owned())).fetch_one(pool).await?)
+}
