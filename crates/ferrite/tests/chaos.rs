@@ -6,6 +6,7 @@
 //! `ferrite ingester`, and one `mosquitto_pub` per device (a third-party client) fed a line per reading.
 //! What happened (when each fault landed, how many rows were stored then) is printed, so a failure explains itself;
 //! the processes' own logs (`RUST_LOG` from `TEST_LOG`, default `warn`) are printed when the test fails.
+//! With `CHAOS_KEEP=1` the directory with every log (broker, each ingester, PostgreSQL) is kept and its path printed.
 
 use std::collections::BTreeSet;
 use std::fs::File;
@@ -37,6 +38,10 @@ const PG_DOWNTIME: Duration = Duration::from_millis(1_000);
 /// How long the stored rows may take to reach the expected count after the stream ended. Generous: a loaded
 /// CI machine, an ingester retrying with backoff after the database came back. Reaching it means readings were lost.
 const SETTLE_DEADLINE: Duration = Duration::from_secs(120);
+/// How long a process may take to log what the test waits for (its address, its sessions connected).
+const LOG_DEADLINE: Duration = Duration::from_secs(60);
+/// How often the stored rows are counted for the timeline.
+const SAMPLE_EVERY: Duration = Duration::from_millis(500);
 /// Device ids are `chaos-01` ... `chaos-20`; nothing else in the database starts with this.
 const PREFIX: &str = "chaos-";
 const METRIC: &str = "level";
@@ -45,12 +50,21 @@ const METRIC: &str = "level";
 async fn killed_ingesters_and_a_restarted_database_lose_and_double_nothing() -> anyhow::Result<()> {
     require("mosquitto_pub", "mosquitto-clients")?;
     let dir = tempfile::tempdir()?;
-    let mut chaos = Chaos::start(dir.path()).await?;
-    let result = chaos.run().await;
-    if let Err(error) = &result {
-        eprintln!("chaos test failed: {error:#}\n{}", chaos.logs());
+    let started = Chaos::start(dir.path()).await;
+    let result = match started {
+        Ok(mut chaos) => {
+            let result = chaos.run().await;
+            if let Err(error) = &result {
+                eprintln!("chaos test failed: {error:#}\n{}", chaos.logs());
+            }
+            chaos.stop().await;
+            result
+        }
+        Err(error) => Err(error),
+    };
+    if std::env::var_os("CHAOS_KEEP").is_some() {
+        println!("logs kept in {}", dir.keep().display());
     }
-    chaos.stop().await;
     result
 }
 
@@ -107,7 +121,8 @@ impl Chaos {
                 .args(["--metrics-addr", "127.0.0.1:0", "--data-dir"])
                 .arg(dir.join("broker"))
                 // Anonymous clients on loopback: the test is about delivery, not authentication.
-                .env_remove("DATABASE_URL"),
+                .env_remove("DATABASE_URL")
+                .env("RUST_LOG", std::env::var("TEST_LOG").unwrap_or_else(|_| "warn".into())),
             &dir.join("broker.log"),
         )?;
         let broker_url = wait_for_line(&dir.join("broker.log"), "mqtt://")
@@ -148,7 +163,9 @@ impl Chaos {
                 // The same client id every time (the default, said out loud): each run takes the sessions over.
                 .args(["--ingester-id", "ferrite-ingester"])
                 .env("DATABASE_URL", url)
-                .env("FERRITE_BROKER_URL", &self.broker_url),
+                .env("FERRITE_BROKER_URL", &self.broker_url)
+                // Its "connected to the broker" lines tell when it holds its sessions again.
+                .env("RUST_LOG", std::env::var("TEST_LOG").unwrap_or_else(|_| "warn,ferrite_ingester=info".into())),
             &log,
         )
     }
@@ -191,6 +208,8 @@ impl Chaos {
             publishers.push(child);
         }
         let progress = Arc::new(AtomicUsize::new(0));
+        let samples = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sampler = tokio::spawn(sample_rows(self.pool.clone(), samples.clone()));
         let stream_started = Instant::now();
         let feeder = std::thread::spawn({
             let progress = progress.clone();
@@ -235,6 +254,9 @@ impl Chaos {
             tokio::time::sleep(Duration::from_millis(100)).await;
         };
         self.note(format!("{stored} rows stored"));
+        sampler.abort();
+        let samples = samples.lock().expect("samples lock").join(" ");
+        self.note(format!("rows stored every {SAMPLE_EVERY:?} from the stream's start: {samples}"));
         self.verify(base_ms).await?;
         self.ingester.check_alive()?;
         anyhow::ensure!(stored == expected, "{stored} of {expected} readings stored");
@@ -267,9 +289,20 @@ impl Chaos {
         ));
         tokio::time::sleep(DOWNTIME).await;
         self.ingester = self.spawn_ingester()?;
+        let spawned = Instant::now();
         self.note(format!(
-            "ingester {} started at reading {} per device; {}",
+            "ingester {} started at reading {} per device",
             self.ingesters,
+            progress.load(Ordering::SeqCst)
+        ));
+        // The next fault must find an ingester that holds its sessions (it is the takeover that is under test).
+        let log = self.dir.join(format!("ingester-{}.log", self.ingesters));
+        wait_for_sessions(&log, ferrite_ingester::DEFAULT_SESSIONS).await?;
+        self.note(format!(
+            "ingester {} took its {} sessions over in {:.1?}, at reading {} per device; {}",
+            self.ingesters,
+            ferrite_ingester::DEFAULT_SESSIONS,
+            spawned.elapsed(),
             progress.load(Ordering::SeqCst),
             self.rows().await
         ));
@@ -375,6 +408,20 @@ impl Chaos {
     }
 }
 
+/// Counts the stored rows every [`SAMPLE_EVERY`] into `samples` (`-` while the database is down), so that a stall shows.
+async fn sample_rows(pool: PgPool, samples: Arc<std::sync::Mutex<Vec<String>>>) {
+    let sql = format!("select count(*) from readings where device_id like '{PREFIX}%'");
+    let mut ticker = tokio::time::interval(SAMPLE_EVERY);
+    loop {
+        ticker.tick().await;
+        let rows = match tokio::time::timeout(SAMPLE_EVERY, count(&pool, &sql)).await {
+            Ok(Ok(rows)) => rows.to_string(),
+            _ => "-".to_owned(),
+        };
+        samples.lock().expect("samples lock").push(rows);
+    }
+}
+
 /// Hands reading `i` of every device to its publisher every [`STEP`] (on a fixed schedule, so a slow write does not
 /// stretch the stream), then closes the publishers' input: each exits once its last PUBACK came back.
 fn feed(mut inputs: Vec<ChildStdin>, base_ms: i64, progress: &AtomicUsize) -> anyhow::Result<()> {
@@ -406,7 +453,8 @@ impl Process {
         let stdout = File::create(log)?;
         let stderr = stdout.try_clone()?;
         let child = command
-            .env("RUST_LOG", std::env::var("TEST_LOG").unwrap_or_else(|_| "warn".into()))
+            // Plain text, so that the test can read the log lines it waits for.
+            .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(stdout)
             .stderr(stderr)
@@ -470,12 +518,39 @@ fn require(program: &str, package: &str) -> anyhow::Result<()> {
 
 /// Polls a log file until a line containing `needle` appears, and returns it.
 async fn wait_for_line(log: &Path, needle: &str) -> anyhow::Result<String> {
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let deadline = Instant::now() + LOG_DEADLINE;
     loop {
         if let Some(line) = std::fs::read_to_string(log)?.lines().find(|line| line.contains(needle)) {
             return Ok(line.to_owned());
         }
-        anyhow::ensure!(Instant::now() < deadline, "no line with {needle:?} in {} within 60 s", log.display());
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "no line with {needle:?} in {} after {LOG_DEADLINE:?}",
+            log.display()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Polls an ingester's log until `sessions` distinct client ids have logged "ingester connected to the broker".
+async fn wait_for_sessions(log: &Path, sessions: usize) -> anyhow::Result<()> {
+    let deadline = Instant::now() + LOG_DEADLINE;
+    loop {
+        let text = std::fs::read_to_string(log)?;
+        let connected: BTreeSet<&str> = text
+            .lines()
+            .filter(|line| line.contains("ingester connected to the broker"))
+            .filter_map(|line| line.split("client_id=").nth(1)?.split_whitespace().next())
+            .collect();
+        if connected.len() >= sessions {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "{} of {sessions} sessions connected ({connected:?}) in {} after {LOG_DEADLINE:?}",
+            connected.len(),
+            log.display()
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
