@@ -25,12 +25,15 @@ use sqlx::PgPool;
 const DEVICES: usize = 20;
 /// Readings per device: 20 × 1,000 = 20,000 readings.
 const PER_DEVICE: usize = 1_000;
-/// One reading per device every this often: the stream lasts about 12 s, long enough for every fault to land in it.
-const STEP: Duration = Duration::from_millis(12);
+/// One reading per device every this often: the stream lasts about 16 s, long enough for every fault to land in it
+/// (and for the ingester to come back from the PostgreSQL restart on its own before it is killed again).
+const STEP: Duration = Duration::from_millis(16);
 /// The ingester is killed once this many readings per device have been handed to the publishers...
-const KILLS_AT: [usize; 3] = [150, 600, 800];
+const KILLS_AT: [usize; 3] = [100, 700, 875];
 /// ...and PostgreSQL restarted once this many have.
-const PG_RESTART_AT: usize = 400;
+const PG_RESTART_AT: usize = 200;
+/// How long the ingester may take to store readings again after PostgreSQL came back: its retries back off to 5 s.
+const RECOVERY_DEADLINE: Duration = Duration::from_secs(60);
 /// How long a killed ingester stays down, so that the broker queues a backlog for its sessions.
 const DOWNTIME: Duration = Duration::from_millis(700);
 /// How long PostgreSQL stays down, so that the ingester's commits fail and are retried.
@@ -254,6 +257,7 @@ impl Chaos {
             tokio::time::sleep(Duration::from_millis(100)).await;
         };
         self.note(format!("{stored} rows stored"));
+        self.note_metrics().await;
         sampler.abort();
         let samples = samples.lock().expect("samples lock").join(" ");
         self.note(format!("rows stored every {SAMPLE_EVERY:?} from the stream's start: {samples}"));
@@ -327,12 +331,66 @@ impl Chaos {
             cluster.port()
         );
         self.cluster = Some(cluster);
+        let back = Instant::now();
+        let before = self.stored().await?;
         self.note(format!(
-            "PostgreSQL started again at reading {} per device; {}",
-            progress.load(Ordering::SeqCst),
-            self.rows().await
+            "PostgreSQL started again at reading {} per device; {before} rows stored",
+            progress.load(Ordering::SeqCst)
         ));
-        Ok(())
+        // The same ingester, not restarted, must resume on its own: its failed commits are retried.
+        loop {
+            self.ingester.check_alive()?;
+            let now = self.stored().await?;
+            if now > before {
+                self.note(format!(
+                    "ingester {} stores again {:.1?} after PostgreSQL came back, at reading {} per device; {now} rows stored",
+                    self.ingesters,
+                    back.elapsed(),
+                    progress.load(Ordering::SeqCst)
+                ));
+                return Ok(());
+            }
+            anyhow::ensure!(
+                back.elapsed() < RECOVERY_DEADLINE,
+                "ingester {} stored nothing in the {RECOVERY_DEADLINE:?} after PostgreSQL came back",
+                self.ingesters
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// What the broker dropped and what the last ingester received and stored, from their `/metrics`,
+    /// so that a reading that is missing can be told apart: dropped by the broker, or lost after it was delivered.
+    async fn note_metrics(&mut self) {
+        let ingester_log = self.dir.join(format!("ingester-{}.log", self.ingesters));
+        let sources = [("broker", self.dir.join("broker.log"), "Metrics"), ("ingester", ingester_log, "metrics on")];
+        for (name, log, marker) in sources {
+            let url = std::fs::read_to_string(&log).ok().and_then(|text| {
+                let line = text.lines().find(|line| line.contains(marker))?.to_owned();
+                line.split_whitespace().find(|word| word.starts_with("http://")).map(str::to_owned)
+            });
+            let Some(url) = url else { continue };
+            let counters = match ferrite_testkit::http_request("GET", &url, None, None).await {
+                Ok(response) => String::from_utf8_lossy(&response.body)
+                    .lines()
+                    .filter(|line| {
+                        line.starts_with("ferrite_broker_messages_dropped_total")
+                            || ["received", "stored", "duplicates", "dead_letters", "write_errors"]
+                                .iter()
+                                .any(|counter| line.starts_with(&format!("ferrite_ingester_{counter}_total")))
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                Err(error) => format!("unavailable ({error})"),
+            };
+            let counters = if counters.is_empty() { "no counters yet".to_owned() } else { counters };
+            self.note(format!("{name} metrics: {counters}"));
+        }
+    }
+
+    /// Rows stored so far under the prefix.
+    async fn stored(&self) -> anyhow::Result<i64> {
+        count(&self.pool, &format!("select count(*) from readings where device_id like '{PREFIX}%'")).await
     }
 
     /// Every expected `(device, metric, ts)` is stored with its value, nothing else under the prefix, no dead letters.
