@@ -5,7 +5,8 @@
 //! Everything runs as real processes: a private PostgreSQL (`PgCluster`), `ferrite migrate`, `ferrite broker`,
 //! `ferrite ingester`, and one `mosquitto_pub` per device (a third-party client) fed a line per reading.
 //! What happened (when each fault landed, how many rows were stored then) is printed, so a failure explains itself;
-//! the processes' own logs (`RUST_LOG` from `TEST_LOG`, default `warn`) are printed when the test fails.
+//! the processes' own logs (`RUST_LOG` from `TEST_LOG`, default `warn`; the ingester's own info lines are always on,
+//! since the test reads them) are printed when the test fails.
 //! With `CHAOS_KEEP=1` the directory with every log (broker, each ingester, PostgreSQL) is kept and its path printed.
 
 use std::collections::BTreeSet;
@@ -168,7 +169,7 @@ impl Chaos {
                 .env("DATABASE_URL", url)
                 .env("FERRITE_BROKER_URL", &self.broker_url)
                 // Its "connected to the broker" lines tell when it holds its sessions again.
-                .env("RUST_LOG", std::env::var("TEST_LOG").unwrap_or_else(|_| "warn,ferrite_ingester=info".into())),
+                .env("RUST_LOG", ingester_log_filter()),
             &log,
         )
     }
@@ -259,7 +260,7 @@ impl Chaos {
         self.note(format!("{stored} rows stored"));
         self.note_metrics().await;
         sampler.abort();
-        let samples = samples.lock().expect("samples lock").join(" ");
+        let samples = runs(&samples.lock().expect("samples lock"));
         self.note(format!("rows stored every {SAMPLE_EVERY:?} from the stream's start: {samples}"));
         self.verify(base_ms).await?;
         self.ingester.check_alive()?;
@@ -480,6 +481,18 @@ async fn sample_rows(pool: PgPool, samples: Arc<std::sync::Mutex<Vec<String>>>) 
     }
 }
 
+/// The samples with repeats folded (`7832×8`), so that a long wait stays one short line.
+fn runs(samples: &[String]) -> String {
+    let mut folded: Vec<String> = Vec::new();
+    let mut index = 0;
+    while index < samples.len() {
+        let same = samples[index..].iter().take_while(|sample| **sample == samples[index]).count();
+        folded.push(if same > 1 { format!("{}×{same}", samples[index]) } else { samples[index].clone() });
+        index += same;
+    }
+    folded.join(" ")
+}
+
 /// Hands reading `i` of every device to its publisher every [`STEP`] (on a fixed schedule, so a slow write does not
 /// stretch the stream), then closes the publishers' input: each exits once its last PUBACK came back.
 fn feed(mut inputs: Vec<ChildStdin>, base_ms: i64, progress: &AtomicUsize) -> anyhow::Result<()> {
@@ -560,6 +573,12 @@ impl Drop for Process {
             let _ = child.wait();
         }
     }
+}
+
+/// `TEST_LOG` (default `warn`) with the ingester's info lines, unless `TEST_LOG` sets the ingester's level itself.
+fn ingester_log_filter() -> String {
+    let filter = std::env::var("TEST_LOG").unwrap_or_else(|_| "warn".into());
+    if filter.contains("ferrite_ingester") { filter } else { format!("{filter},ferrite_ingester=info") }
 }
 
 fn ferrite() -> Command {
