@@ -35,6 +35,9 @@ const KILLS_AT: [usize; 3] = [100, 700, 875];
 const PG_RESTART_AT: usize = 200;
 /// How long the ingester may take to store readings again after PostgreSQL came back: its retries back off to 5 s.
 const RECOVERY_DEADLINE: Duration = Duration::from_secs(60);
+/// How many readings per device the stream may run past a planned fault before that fault is done (about 1.6 s):
+/// enough to keep publishing through a fault on a normal machine, and below the end of the stream after the last one.
+const LEAD: usize = 100;
 /// How long a killed ingester stays down, so that the broker queues a backlog for its sessions.
 const DOWNTIME: Duration = Duration::from_millis(700);
 /// How long PostgreSQL stays down, so that the ingester's commits fail and are retried.
@@ -212,27 +215,36 @@ impl Chaos {
             publishers.push(child);
         }
         let progress = Arc::new(AtomicUsize::new(0));
+        // The feeder runs at most LEAD readings past the next fault until that fault is done, so that on a slow
+        // machine the stream slows down instead of ending before the faults (each still lands mid-stream).
+        let allowed = Arc::new(AtomicUsize::new(KILLS_AT[0] + LEAD));
         let samples = Arc::new(std::sync::Mutex::new(Vec::new()));
         let sampler = tokio::spawn(sample_rows(self.pool.clone(), samples.clone()));
         let stream_started = Instant::now();
         let feeder = std::thread::spawn({
-            let progress = progress.clone();
-            move || feed(inputs, base_ms, &progress)
+            let (progress, allowed) = (progress.clone(), allowed.clone());
+            move || feed(inputs, base_ms, &progress, &allowed)
         });
 
         for (step, &at) in KILLS_AT.iter().enumerate() {
             if step == 1 {
                 self.wait_progress(&progress, PG_RESTART_AT).await?;
                 self.restart_postgres(&progress).await?;
+                allowed.store(at + LEAD, Ordering::SeqCst);
             }
             self.wait_progress(&progress, at).await?;
             self.kill_ingester(&progress).await?;
+            let next = if step == 0 { PG_RESTART_AT } else { KILLS_AT.get(step + 1).copied().unwrap_or(PER_DEVICE) };
+            allowed.store(next + LEAD, Ordering::SeqCst);
         }
 
         let fed = tokio::task::spawn_blocking(move || feeder.join()).await?;
-        fed.map_err(|_| anyhow::anyhow!("the feeder thread panicked"))??;
+        let held = fed.map_err(|_| anyhow::anyhow!("the feeder thread panicked"))??;
         let stream_took = stream_started.elapsed();
-        self.note(format!("stream of {} readings handed to the publishers in {stream_took:.1?}", DEVICES * PER_DEVICE));
+        self.note(format!(
+            "stream of {} readings handed to the publishers in {stream_took:.1?} (held {held:.1?} for faults to catch up)",
+            DEVICES * PER_DEVICE
+        ));
 
         for (device, publisher) in publishers.into_iter().enumerate() {
             let output = tokio::task::spawn_blocking(move || publisher.wait_with_output()).await??;
@@ -495,9 +507,24 @@ fn runs(samples: &[String]) -> String {
 
 /// Hands reading `i` of every device to its publisher every [`STEP`] (on a fixed schedule, so a slow write does not
 /// stretch the stream), then closes the publishers' input: each exits once its last PUBACK came back.
-fn feed(mut inputs: Vec<ChildStdin>, base_ms: i64, progress: &AtomicUsize) -> anyhow::Result<()> {
-    let start = Instant::now();
+/// It never hands over reading `allowed` or later (see `LEAD`): the schedule then starts again from where it waited.
+fn feed(
+    mut inputs: Vec<ChildStdin>,
+    base_ms: i64,
+    progress: &AtomicUsize,
+    allowed: &AtomicUsize,
+) -> anyhow::Result<Duration> {
+    let mut start = Instant::now();
+    let mut held = Duration::ZERO;
     for i in 0..PER_DEVICE {
+        if i >= allowed.load(Ordering::SeqCst) {
+            let waiting = Instant::now();
+            while i >= allowed.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            held += waiting.elapsed();
+            start += waiting.elapsed();
+        }
         let line = format!("{{\"value\":{i},\"ts\":{}}}\n", base_ms + i as i64);
         for input in &mut inputs {
             input.write_all(line.as_bytes()).context("writing to mosquitto_pub")?;
@@ -506,7 +533,7 @@ fn feed(mut inputs: Vec<ChildStdin>, base_ms: i64, progress: &AtomicUsize) -> an
         let next = start + STEP * (i as u32 + 1);
         std::thread::sleep(next.saturating_duration_since(Instant::now()));
     }
-    Ok(())
+    Ok(held)
 }
 
 /// A child process whose output goes to a log file; killed when dropped.
