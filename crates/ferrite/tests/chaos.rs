@@ -662,3 +662,46 @@ async fn wait_for_sessions(log: &Path, sessions: usize) -> anyhow::Result<()> {
 async fn count(pool: &PgPool, sql: &str) -> anyhow::Result<i64> {
     Ok(sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_owned())).fetch_one(pool).await?)
 }
+
+/// Found by the chaos test: an ingester stopped with SIGTERM during a backlog never exited. Each session's owner
+/// stops reading events and waits for `Session::close`, while the session's driver waited for room in its full
+/// event queue and never looked at the close. Here a session receives more messages than its event queue holds,
+/// its owner reads none and then closes it: the close must end (soon after its drain time) instead of hanging.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_closes_while_its_owner_reads_no_events() -> anyhow::Result<()> {
+    require("mosquitto_pub", "mosquitto-clients")?;
+    let broker = ferrite_testkit::TestMosquitto::start()?;
+    let mut config = ferrite_mqtt::SessionConfig::new(broker.url(), "chaos-close");
+    // QoS 0, so that the broker sends everything at once instead of waiting for acknowledgements.
+    config.subscriptions = vec![("flood/#".to_owned(), ferrite_mqtt::QoS::AtMostOnce)];
+    config.manual_acks = true;
+    let (session, mut events) = ferrite_mqtt::Session::start(config);
+    loop {
+        match tokio::time::timeout(LOG_DEADLINE, events.recv()).await? {
+            Some(ferrite_mqtt::Event::Subscribed { .. }) => break,
+            Some(_) => {}
+            None => anyhow::bail!("the session ended before it subscribed"),
+        }
+    }
+    let (host, port) = match broker.url() {
+        ferrite_mqtt::BrokerUrl::Tcp { host, port } => (host, port.to_string()),
+        other => anyhow::bail!("unexpected broker url {other:?}"),
+    };
+    let mut publisher = Command::new("mosquitto_pub")
+        .args(["-h", &host, "-p", &port, "-q", "0", "-l", "-t", "flood/x"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .context("starting mosquitto_pub")?;
+    let lines: String = (0..5_000).map(|i| format!("{i}\n")).collect();
+    publisher.stdin.take().context("stdin is piped")?.write_all(lines.as_bytes())?;
+    anyhow::ensure!(tokio::task::spawn_blocking(move || publisher.wait()).await??.success(), "mosquitto_pub failed");
+    ferrite_testkit::wait_for("the session's event queue to fill", || {
+        let full = events.capacity() == 0;
+        async move { full }
+    })
+    .await?;
+    let closed = tokio::time::timeout(Duration::from_secs(30), session.close(Duration::from_millis(200))).await;
+    anyhow::ensure!(closed.is_ok(), "Session::close hung for 30 s while its owner read no events");
+    drop(events);
+    Ok(())
+}
