@@ -462,7 +462,12 @@ impl Driver {
                 command = self.commands.recv() => match command {
                     Some(command) => self.on_command(command),
                     None => return false,
-                }
+                },
+                // An owner that asked to close may have stopped reading events (it waits for the close):
+                // past the drain deadline the event is dropped and the session ends, instead of both
+                // waiting for each other forever. A message dropped here was not acknowledged, so the
+                // broker delivers it again.
+                _ = closing_deadline(self.closing.as_ref()) => return false,
             }
         }
     }
