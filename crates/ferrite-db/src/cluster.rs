@@ -2,7 +2,10 @@
 
 mod account;
 mod install;
+mod location;
 mod pidfile;
+
+pub use self::location::SHARED_BASE;
 
 use std::fs;
 use std::io::{Read, Seek, SeekFrom};
@@ -89,12 +92,16 @@ const WATCHDOG_SCRIPT: &str = include_str!("cluster/watchdog.sh");
 ///
 /// `initdb` and `postgres` refuse to run as root, so as root they run as the `postgres` system user,
 /// which then owns the directory; every directory above it must be searchable by that user.
+/// When one is not (a clone in `/root`, mode 0700), a new cluster goes to `/var/lib/ferrite/postgres/<hash of the path>`
+/// and the named directory becomes a symbolic link to it, so its files are found under the same name.
 ///
 /// Starting blocks: one to two seconds when `initdb` runs first, tens of milliseconds otherwise;
 /// async code should call it through `tokio::task::spawn_blocking`.
 pub struct PgCluster {
     /// Canonical path of our directory.
     root: PathBuf,
+    /// The directory the caller named, when it is a symbolic link to `root` (see `location`).
+    linked_from: Option<PathBuf>,
     port: u16,
     password: String,
     /// The postmaster's pid.
@@ -180,6 +187,12 @@ impl PgCluster {
         &self.root
     }
 
+    /// The directory the caller named, when it is a symbolic link to [`PgCluster::dir`]: as root, a cluster whose
+    /// directory the `postgres` user cannot reach is kept under [`SHARED_BASE`] instead.
+    pub fn linked_from(&self) -> Option<&Path> {
+        self.linked_from.as_deref()
+    }
+
     /// Stops the server with a fast shutdown (open transactions roll back) and waits until it has exited.
     pub fn stop(mut self) -> Result<(), DbError> {
         self.shutdown()
@@ -208,6 +221,13 @@ impl PgCluster {
     fn launch(data_dir: &Path, temporary: bool) -> Result<PgCluster, DbError> {
         let started = Instant::now();
         let account = ServerAccount::current()?;
+        let data_dir = &match temporary {
+            true => data_dir.to_path_buf(),
+            false => location::place(&account, data_dir)?,
+        };
+        let linked_from = fs::symlink_metadata(data_dir)
+            .is_ok_and(|meta| meta.file_type().is_symlink())
+            .then(|| data_dir.to_path_buf());
         fs::create_dir_all(data_dir)
             .map_err(|err| DbError::io(format!("cannot create {}", data_dir.display()), err))?;
         account.check_reachable(data_dir)?;
@@ -269,7 +289,7 @@ impl PgCluster {
             elapsed = ?started.elapsed(),
             "PostgreSQL {major} accepts connections on {LISTEN_ADDRESS}:{port}"
         );
-        Ok(PgCluster { root, port, password, pid, watchdog: Some(watchdog), temporary })
+        Ok(PgCluster { root, linked_from, port, password, pid, watchdog: Some(watchdog), temporary })
     }
 }
 

@@ -21,7 +21,7 @@ mod error;
 mod pool;
 pub mod retention;
 
-pub use cluster::PgCluster;
+pub use cluster::{PgCluster, SHARED_BASE};
 pub use error::DbError;
 pub use pool::{ACQUIRE_TIMEOUT, MAX_CONNECTIONS, connect, ensure_partitions, migrate, pool_options};
 pub use retention::drop_expired_partitions;

@@ -100,7 +100,7 @@ fn a_temporary_cluster_removes_its_directory() -> anyhow::Result<()> {
 }
 
 #[test]
-fn an_unreachable_directory_is_reported_when_running_as_root() -> anyhow::Result<()> {
+fn an_unreachable_directory_is_moved_when_running_as_root() -> anyhow::Result<()> {
     init_test_tracing();
     // Like /root: only its owner may enter it, so a cluster nested inside is out of the postgres user's reach.
     let outer = tempfile::tempdir()?;
@@ -109,13 +109,34 @@ fn an_unreachable_directory_is_reported_when_running_as_root() -> anyhow::Result
     let we_are_root = std::fs::metadata("/proc/self")
         .map(|meta| std::os::unix::fs::MetadataExt::uid(&meta) == 0)
         .context("this test reads our uid from /proc (Linux)")?;
-    match PgCluster::start(&data_dir) {
+    let cluster = PgCluster::start(&data_dir)?;
+    if we_are_root {
+        // The cluster went where the postgres user can reach it, and the named directory links to it.
+        assert!(cluster.dir().starts_with(ferrite_db::SHARED_BASE), "{:?}", cluster.dir());
+        assert_eq!(cluster.linked_from(), Some(data_dir.as_path()));
+        assert_eq!(std::fs::read_link(&data_dir)?, cluster.dir());
+        let password = std::fs::read_to_string(data_dir.join("password"))?;
+        assert!(cluster.url().contains(password.trim()), "the password file is found under the named directory");
+    } else {
+        // Not root: postgres runs as ourselves, who own the directory.
+        assert_eq!(cluster.linked_from(), None);
+    }
+    let moved = cluster.linked_from().map(|_| cluster.dir().to_path_buf());
+    cluster.stop()?;
+    if let Some(moved) = moved {
+        std::fs::remove_dir_all(moved)?;
+    }
+
+    // A directory that already holds something is never moved behind the user's back: the error says what to do.
+    let occupied = outer.path().join("occupied");
+    std::fs::create_dir(&occupied)?;
+    std::fs::write(occupied.join("something"), "kept")?;
+    match PgCluster::start(&occupied) {
         Err(DbError::NotTraversable { blocker, .. }) if we_are_root => {
             assert_eq!(blocker, outer.path().canonicalize()?);
-            let message = DbError::NotTraversable { data_dir: data_dir.clone(), blocker, mode: 0o700 }.to_string();
+            let message = DbError::NotTraversable { data_dir: occupied.clone(), blocker, mode: 0o700 }.to_string();
             assert!(message.contains("DATABASE_URL"), "{message}");
         }
-        // Not root: postgres runs as ourselves, who own the directory.
         Ok(cluster) if !we_are_root => cluster.stop()?,
         other => bail!("unexpected outcome (root: {we_are_root}): {other:?}"),
     }

@@ -55,6 +55,11 @@ pub struct ApiArgs {
     /// Allow anonymous MQTT clients and token-less API calls even on non-loopback addresses (not recommended).
     #[arg(long, env = "FERRITE_ALLOW_ANONYMOUS")]
     pub allow_anonymous: bool,
+    /// Connections the REST and the gRPC listener each serve at once; further clients wait in the kernel's
+    /// accept queue, so API clients never take the descriptors the broker needs.
+    #[arg(long, env = "FERRITE_API_MAX_CONNECTIONS", default_value_t = ferrite_registry::DEFAULT_MAX_CONNECTIONS as u32,
+          value_parser = clap::value_parser!(u32).range(1..=65_536))]
+    pub api_max_connections: u32,
 }
 
 impl ApiArgs {
@@ -64,6 +69,7 @@ impl ApiArgs {
             rest_addr: self.rest_addr,
             allow_anonymous: self.allow_anonymous,
             require_token: false,
+            limits: ferrite_registry::ServerLimits { max_connections: self.api_max_connections as usize },
         }
     }
 }

@@ -34,8 +34,12 @@ impl Database {
                     .await
                     .context("the PostgreSQL start-up task failed")?
                     .context("cannot start the private PostgreSQL (set DATABASE_URL to use another server)")?;
+                let linked = match cluster.linked_from() {
+                    Some(link) => format!(", linked from {}", link.display()),
+                    None => String::new(),
+                };
                 let description = format!(
-                    "private cluster in {} (127.0.0.1:{}, password in the cluster directory)",
+                    "private cluster in {}{linked} (127.0.0.1:{}, password in the cluster directory)",
                     cluster.dir().display(),
                     cluster.port()
                 );

@@ -50,29 +50,7 @@ type ReadingStream = Pin<Box<dyn Stream<Item = Result<pb::StreamReading, Status>
 impl Telemetry for GrpcFace {
     async fn query(&self, request: Request<pb::QueryRequest>) -> Result<Response<pb::QueryResponse>, Status> {
         self.guard.check(&request).await?;
-        let request = request.into_inner();
-        let agg = match pb::Aggregation::try_from(request.agg) {
-            Ok(pb::Aggregation::Unspecified) => None,
-            Ok(pb::Aggregation::Avg) => Some(Aggregate::Avg),
-            Ok(pb::Aggregation::Min) => Some(Aggregate::Min),
-            Ok(pb::Aggregation::Max) => Some(Aggregate::Max),
-            Ok(pb::Aggregation::Sum) => Some(Aggregate::Sum),
-            Ok(pb::Aggregation::Count) => Some(Aggregate::Count),
-            Ok(pb::Aggregation::First) => Some(Aggregate::First),
-            Ok(pb::Aggregation::Last) => Some(Aggregate::Last),
-            Err(_) => return Err(QueryError::invalid(format!("unknown agg {}", request.agg)).into()),
-        };
-        let params = QueryParams {
-            device: request.device_id,
-            metric: Some(request.metric),
-            from: request.from.map(|ts| from_timestamp("from", ts)).transpose()?,
-            to: request.to.map(|ts| from_timestamp("to", ts)).transpose()?,
-            bucket: request.bucket.map(from_duration).transpose()?,
-            agg,
-            limit: Some(request.limit),
-            cursor: Some(request.cursor),
-        };
-        let query = RangeQuery::new(params, Utc::now())?;
+        let query = range_query(request.into_inner(), Utc::now())?;
         let page = self.service.query(&query).await?;
         Ok(Response::new(pb::QueryResponse {
             points: page
@@ -148,6 +126,32 @@ impl Telemetry for GrpcFace {
     }
 }
 
+/// Validates a `Query` request; `now` is the default end of the range.
+fn range_query(request: pb::QueryRequest, now: DateTime<Utc>) -> Result<RangeQuery, QueryError> {
+    let agg = match pb::Aggregation::try_from(request.agg) {
+        Ok(pb::Aggregation::Unspecified) => None,
+        Ok(pb::Aggregation::Avg) => Some(Aggregate::Avg),
+        Ok(pb::Aggregation::Min) => Some(Aggregate::Min),
+        Ok(pb::Aggregation::Max) => Some(Aggregate::Max),
+        Ok(pb::Aggregation::Sum) => Some(Aggregate::Sum),
+        Ok(pb::Aggregation::Count) => Some(Aggregate::Count),
+        Ok(pb::Aggregation::First) => Some(Aggregate::First),
+        Ok(pb::Aggregation::Last) => Some(Aggregate::Last),
+        Err(_) => return Err(QueryError::invalid(format!("unknown agg {}", request.agg))),
+    };
+    let params = QueryParams {
+        device: request.device_id,
+        metric: Some(request.metric),
+        from: request.from.map(|ts| from_timestamp("from", ts)).transpose()?,
+        to: request.to.map(|ts| from_timestamp("to", ts)).transpose()?,
+        bucket: request.bucket.map(from_duration).transpose()?,
+        agg,
+        limit: Some(request.limit),
+        cursor: Some(request.cursor),
+    };
+    RangeQuery::new(params, now)
+}
+
 fn from_timestamp(name: &str, ts: prost_types::Timestamp) -> Result<DateTime<Utc>, QueryError> {
     let nanos = u32::try_from(ts.nanos).ok().filter(|nanos| *nanos < 1_000_000_000);
     nanos
@@ -161,10 +165,42 @@ fn from_duration(duration: prost_types::Duration) -> Result<TimeDelta, QueryErro
         return Err(invalid());
     }
     let seconds = TimeDelta::try_seconds(duration.seconds).ok_or_else(invalid)?;
-    Ok(seconds + TimeDelta::nanoseconds(i64::from(duration.nanos)))
+    seconds.checked_add(&TimeDelta::nanoseconds(i64::from(duration.nanos))).ok_or_else(invalid)
 }
 
 fn timestamp(at: DateTime<Utc>) -> prost_types::Timestamp {
     // Sub-second nanos of a chrono time are below 2e9, so they fit i32.
     prost_types::Timestamp { seconds: at.timestamp(), nanos: i32::try_from(at.timestamp_subsec_nanos()).unwrap_or(0) }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn timestamp() -> impl Strategy<Value = Option<prost_types::Timestamp>> {
+        prop::option::of(
+            (any::<i64>(), any::<i32>()).prop_map(|(seconds, nanos)| prost_types::Timestamp { seconds, nanos }),
+        )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 4_000, failure_persistence: None, ..ProptestConfig::default() })]
+
+        /// Whatever the request's fields hold, it is validated or refused as INVALID_ARGUMENT, never a panic.
+        #[test]
+        fn any_request_is_valid_or_invalid_argument(
+            device_id in prop_oneof!["[a-z0-9]{1,8}", ".{0,70}"],
+            metric in prop_oneof!["[a-z]{0,8}", ".{0,70}"],
+            from in timestamp(), to in timestamp(),
+            bucket in prop::option::of((any::<i64>(), any::<i32>()).prop_map(|(seconds, nanos)| prost_types::Duration { seconds, nanos })),
+            agg in any::<i32>(), limit in any::<u32>(), cursor in ".{0,300}",
+        ) {
+            let request = pb::QueryRequest { device_id, metric, from, to, bucket, agg: agg % 10, limit, cursor };
+            if let Err(err) = range_query(request, Utc::now()) {
+                prop_assert_eq!(Status::from(err).code(), tonic::Code::InvalidArgument);
+            }
+        }
+    }
 }

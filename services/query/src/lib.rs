@@ -65,6 +65,8 @@ impl Telemetry {
     /// The gRPC service `ferrite.v1.Telemetry`, checking tokens with `guard`.
     pub fn grpc(&self, guard: ApiGuard) -> TelemetryServer<GrpcFace> {
         TelemetryServer::new(GrpcFace::new(self.service.clone(), self.live.clone(), guard))
+            .max_decoding_message_size(ferrite_registry::GRPC_MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(ferrite_registry::GRPC_MAX_MESSAGE_BYTES)
     }
 
     /// The REST routes, the gRPC service and the OpenAPI paths, for [`ferrite_registry::Registry::with_extension`].

@@ -31,6 +31,10 @@ pub const MAX_BUCKETS: i64 = 10_000;
 /// The smallest bucket: timestamps are stored to the microsecond, and finer buckets than this mean nothing for telemetry.
 pub const MIN_BUCKET: TimeDelta = TimeDelta::milliseconds(1);
 
+/// The largest bucket: a century, far beyond any chart, and small enough that a bucket's end stays within
+/// chrono's and PostgreSQL's ranges wherever in the years 1900 to 9999 it starts.
+pub const MAX_BUCKET: TimeDelta = TimeDelta::days(36_525);
+
 /// How readings are combined per bucket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
@@ -211,6 +215,9 @@ impl RangeQuery {
                 if width < MIN_BUCKET {
                     return Err(QueryError::invalid("bucket must be at least 1ms"));
                 }
+                if width > MAX_BUCKET {
+                    return Err(QueryError::invalid("bucket must be at most 36525d (a century)"));
+                }
                 let span = to - from;
                 // Both are whole microseconds (MIN_BUCKET is 1000 of them); ceiling division.
                 let (span_us, width_us) = (micros(span)?, micros(width)?);
@@ -233,17 +240,21 @@ impl RangeQuery {
             }
             Some(limit) => limit,
         };
+        let width = bucket.map(|bucket| bucket.width);
         let after = match params.cursor.filter(|cursor| !cursor.is_empty()) {
             None => None,
             Some(cursor) => {
-                let (raw, position) = decode_cursor(&cursor)?;
-                if raw != bucket.is_none() {
+                let decoded = decode_cursor(&cursor)?;
+                if decoded.device != device.as_str() {
+                    return Err(QueryError::invalid("invalid cursor: it belongs to a query for another device"));
+                }
+                if decoded.width != width {
                     return Err(QueryError::invalid("invalid cursor: it belongs to a query with a different bucket"));
                 }
-                if metric.as_ref().is_some_and(|metric| *metric != position.metric) {
+                if metric.as_ref().is_some_and(|metric| *metric != decoded.position.metric) {
                     return Err(QueryError::invalid("invalid cursor: it belongs to a query for another metric"));
                 }
-                Some(position)
+                Some(decoded.position)
             }
         };
         Ok(RangeQuery { device, metric, from, to, bucket, limit, after })
@@ -251,22 +262,51 @@ impl RangeQuery {
 
     /// The cursor that continues after `last`, the final point of a full page.
     pub(crate) fn cursor_after(&self, last: &Position) -> String {
-        let kind = if self.bucket.is_some() { 'b' } else { 'r' };
-        let micros = last.ts.timestamp_micros();
-        URL_SAFE_NO_PAD.encode(format!("{kind}{CURSOR_VERSION}|{micros}|{}", last.metric))
+        encode_cursor(&Cursor {
+            device: self.device.as_str().to_owned(),
+            width: self.bucket.map(|bucket| bucket.width),
+            position: last.clone(),
+        })
     }
 }
 
 /// Cursors carry their format's version, so a later format can refuse old cursors clearly.
-const CURSOR_VERSION: u8 = 1;
+/// Version 2 names the device and the bucket width, so a cursor cannot continue another query.
+const CURSOR_VERSION: u8 = 2;
 
-/// Decodes a cursor into (raw, position).
-fn decode_cursor(cursor: &str) -> Result<(bool, Position), QueryError> {
+/// What a cursor says: the query it belongs to (device, bucket width or raw) and where its page ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cursor {
+    pub device: String,
+    /// The bucket width; `None` for raw readings.
+    pub width: Option<TimeDelta>,
+    pub position: Position,
+}
+
+/// `{r|b}{version}|{ts micros}|{width micros}|{device}|{metric}` in unpadded URL-safe base64: opaque to clients,
+/// and neither device ids nor metric names can contain `|`.
+pub fn encode_cursor(cursor: &Cursor) -> String {
+    let kind = if cursor.width.is_some() { 'b' } else { 'r' };
+    let width = cursor.width.and_then(|width| width.num_microseconds()).unwrap_or(0);
+    let micros = cursor.position.ts.timestamp_micros();
+    URL_SAFE_NO_PAD
+        .encode(format!("{kind}{CURSOR_VERSION}|{micros}|{width}|{}|{}", cursor.device, cursor.position.metric))
+}
+
+/// Decodes a cursor; anything but what [`encode_cursor`] makes of a valid query's point is an invalid argument,
+/// including positions outside the times a query may name (they would overflow the next page's arithmetic).
+pub fn decode_cursor(cursor: &str) -> Result<Cursor, QueryError> {
     let invalid = || QueryError::invalid("invalid cursor: pass nextCursor of the previous page unchanged");
+    // A cursor this long was not made by us; refuse it before decoding anything.
+    if cursor.len() > MAX_CURSOR_LEN {
+        return Err(invalid());
+    }
     let bytes = URL_SAFE_NO_PAD.decode(cursor.trim()).map_err(|_| invalid())?;
     let text = String::from_utf8(bytes).map_err(|_| invalid())?;
-    let mut parts = text.splitn(3, '|');
-    let (Some(head), Some(micros), Some(metric)) = (parts.next(), parts.next(), parts.next()) else {
+    let mut parts = text.splitn(5, '|');
+    let (Some(head), Some(micros), Some(width), Some(device), Some(metric)) =
+        (parts.next(), parts.next(), parts.next(), parts.next(), parts.next())
+    else {
         return Err(invalid());
     };
     let raw = match head.strip_suffix(&CURSOR_VERSION.to_string()) {
@@ -275,12 +315,26 @@ fn decode_cursor(cursor: &str) -> Result<(bool, Position), QueryError> {
         _ => return Err(invalid()),
     };
     let micros: i64 = micros.parse().map_err(|_| invalid())?;
-    let ts = DateTime::from_timestamp_micros(micros).ok_or_else(invalid)?;
-    if !is_valid_name(metric) {
+    let ts = DateTime::from_timestamp_micros(micros)
+        .filter(|ts| (earliest()..=latest()).contains(ts))
+        .ok_or_else(invalid)?;
+    let width: i64 = width.parse().map_err(|_| invalid())?;
+    let width = match raw {
+        true if width == 0 => None,
+        false => Some(TimeDelta::microseconds(width)).filter(|width| (MIN_BUCKET..=MAX_BUCKET).contains(width)),
+        true => return Err(invalid()),
+    };
+    if !raw && width.is_none() {
         return Err(invalid());
     }
-    Ok((raw, Position { metric: metric.to_owned(), ts }))
+    if DeviceId::new(device).is_err() || !is_valid_name(metric) {
+        return Err(invalid());
+    }
+    Ok(Cursor { device: device.to_owned(), width, position: Position { metric: metric.to_owned(), ts } })
 }
+
+/// The longest cursor [`encode_cursor`] can make, with room to spare (base64 of ~200 bytes).
+const MAX_CURSOR_LEN: usize = 512;
 
 /// The earliest time a query may name: well before any telemetry, well within PostgreSQL's and chrono's ranges.
 fn earliest() -> DateTime<Utc> {
@@ -456,6 +510,32 @@ mod tests {
         check(QueryParams { cursor: Some(cursor), metric: Some("humidity".into()), ..params("d1") }, "another metric");
     }
 
+    /// The cursor of issue 12: `b1|8210266876799998999|temperature`, a position ~260,000 years ahead, which used
+    /// to overflow the next page's start and kill the request.
+    #[test]
+    fn tampered_cursors_are_refused() {
+        let tampered = "YjF8ODIxMDI2Njg3Njc5OTk5ODk5OXx0ZW1wZXJhdHVyZQ";
+        let bucketed = |cursor: &str| QueryParams {
+            metric: Some("temperature".into()),
+            bucket: Some(TimeDelta::minutes(1)),
+            cursor: Some(cursor.into()),
+            ..params("x")
+        };
+        check(bucketed(tampered), "invalid cursor");
+        // The same position in today's format is refused for its time, not for its version.
+        let far = |micros: i64| URL_SAFE_NO_PAD.encode(format!("b{CURSOR_VERSION}|{micros}|60000000|x|temperature"));
+        check(bucketed(&far(8_210_266_876_799_998_999)), "invalid cursor");
+        check(bucketed(&far(i64::MAX)), "invalid cursor");
+        check(bucketed(&far(i64::MIN)), "invalid cursor");
+        check(bucketed(&far(1_764_064_800_000_000)), "ok");
+        let other_device = URL_SAFE_NO_PAD.encode(format!("b{CURSOR_VERSION}|1764064800000000|60000000|y|temperature"));
+        check(bucketed(&other_device), "another device");
+        let other_width = URL_SAFE_NO_PAD.encode(format!("b{CURSOR_VERSION}|1764064800000000|10000000|x|temperature"));
+        check(bucketed(&other_width), "different bucket");
+        check(QueryParams { bucket: Some(TimeDelta::days(36_526)), ..params("x") }, "at most 36525d");
+        check(bucketed(&"A".repeat(MAX_CURSOR_LEN + 1)), "invalid cursor");
+    }
+
     #[test]
     fn instants_and_buckets() {
         assert_eq!(parse_instant("from", "2026-11-25T10:00:00+01:00").ok(), Some(at("2026-11-25T09:00:00Z")));
@@ -470,5 +550,149 @@ mod tests {
         assert!(parse_bucket("fortnightly").is_err());
         assert_eq!("AVG".parse::<Aggregate>().ok(), Some(Aggregate::Avg));
         assert!("median".parse::<Aggregate>().is_err());
+    }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::super::*;
+
+        fn config() -> ProptestConfig {
+            ProptestConfig { cases: 4_000, failure_persistence: None, ..ProptestConfig::default() }
+        }
+
+        fn name() -> impl Strategy<Value = String> {
+            "[A-Za-z0-9_.-]{1,64}"
+        }
+
+        /// Any instant in the years a query may name, to the microsecond.
+        fn instant() -> impl Strategy<Value = DateTime<Utc>> {
+            (earliest().timestamp_micros()..=latest().timestamp_micros())
+                .prop_map(|micros| DateTime::from_timestamp_micros(micros).expect("within chrono's range"))
+        }
+
+        fn width() -> impl Strategy<Value = Option<TimeDelta>> {
+            prop::option::of(
+                (MIN_BUCKET.num_microseconds().unwrap_or(1)..=MAX_BUCKET.num_microseconds().unwrap_or(1))
+                    .prop_map(TimeDelta::microseconds),
+            )
+        }
+
+        /// Any instant chrono can hold, and the edges.
+        fn any_instant() -> impl Strategy<Value = DateTime<Utc>> {
+            prop_oneof![
+                Just(DateTime::<Utc>::MIN_UTC),
+                Just(DateTime::<Utc>::MAX_UTC),
+                (DateTime::<Utc>::MIN_UTC.timestamp()..=DateTime::<Utc>::MAX_UTC.timestamp(), 0u32..1_000_000_000)
+                    .prop_filter_map("in range", |(secs, nanos)| DateTime::from_timestamp(secs, nanos)),
+                instant(),
+            ]
+        }
+
+        fn any_delta() -> impl Strategy<Value = TimeDelta> {
+            prop_oneof![
+                Just(TimeDelta::MAX),
+                Just(TimeDelta::MIN),
+                any::<i64>().prop_map(|ms| TimeDelta::try_milliseconds(ms / 2).unwrap_or(TimeDelta::MAX)),
+                any::<i64>().prop_map(TimeDelta::microseconds),
+                (0i64..100_000_000_000).prop_map(TimeDelta::microseconds),
+            ]
+        }
+
+        /// Text in the cursor's own shape with hostile fields: numbers at the edges, other kinds and versions,
+        /// NUL and separators in the names.
+        fn cursor_text() -> impl Strategy<Value = String> {
+            let number = prop_oneof![
+                any::<i64>().prop_map(|n| n.to_string()),
+                Just(i64::MAX.to_string()),
+                Just(i64::MIN.to_string()),
+                Just("99999999999999999999999".to_owned()),
+                Just(String::new()),
+                "[-+0-9a-z]{0,24}",
+            ];
+            let head = prop_oneof![Just("r2"), Just("b2"), Just("r1"), Just("b1"), Just("x2"), Just(""), Just("b")];
+            let field = prop_oneof![name(), "[\\x00-\\x7f]{0,70}", Just("\0".to_owned()), Just("a|b".to_owned())];
+            (head, number.clone(), number, field.clone(), field)
+                .prop_map(|(head, ts, width, device, metric)| format!("{head}|{ts}|{width}|{device}|{metric}"))
+        }
+
+        proptest! {
+            #![proptest_config(config())]
+
+            /// Every cursor a page can end with decodes to the query and point it was made from.
+            #[test]
+            fn cursors_round_trip(device in name(), metric in name(), ts in instant(), width in width()) {
+                let cursor = Cursor { device, width, position: Position { metric, ts } };
+                let decoded = decode_cursor(&encode_cursor(&cursor));
+                prop_assert_eq!(decoded.ok(), Some(cursor));
+            }
+
+            /// Arbitrary text is refused as an invalid argument, or decodes to a cursor within the bounds.
+            #[test]
+            fn arbitrary_cursors_never_panic(text in ".{0,600}") {
+                check_cursor(&text)?;
+            }
+
+            /// Well-formed base64 of hostile contents likewise.
+            #[test]
+            fn hostile_cursor_contents_never_panic(text in cursor_text()) {
+                check_cursor(&URL_SAFE_NO_PAD.encode(&text))?;
+            }
+
+            /// Any combination of parameters is a valid query or an invalid argument, never a panic,
+            /// and what is accepted is within the documented bounds.
+            #[test]
+            fn any_params_validate_or_refuse(
+                device in prop_oneof![name(), ".{0,70}"],
+                metric in prop::option::of(prop_oneof![name(), ".{0,70}"]),
+                from in prop::option::of(any_instant()),
+                to in prop::option::of(any_instant()),
+                bucket in prop::option::of(any_delta()),
+                agg in prop::option::of(prop::sample::select(Aggregate::ALL.to_vec())),
+                limit in prop::option::of(any::<u32>()),
+                cursor in prop::option::of(prop_oneof![cursor_text().prop_map(|text| URL_SAFE_NO_PAD.encode(text)), ".{0,80}"]),
+                now in any_instant(),
+            ) {
+                let params = QueryParams { device, metric, from, to, bucket, agg, limit, cursor };
+                match RangeQuery::new(params, now) {
+                    Ok(query) => {
+                        prop_assert!(earliest() <= query.from && query.from < query.to && query.to <= latest());
+                        prop_assert!(query.limit >= 1 && query.limit <= MAX_LIMIT);
+                        if let Some(bucket) = query.bucket {
+                            prop_assert!(MIN_BUCKET <= bucket.width && bucket.width <= MAX_BUCKET);
+                        }
+                        if let Some(after) = &query.after {
+                            prop_assert!(earliest() <= after.ts && after.ts <= latest());
+                            // The next page's start, as the service computes it, cannot overflow.
+                            let width = query.bucket.map(|bucket| bucket.width).unwrap_or(TimeDelta::microseconds(1));
+                            prop_assert!(after.ts.checked_add_signed(width).is_some());
+                        }
+                    }
+                    Err(err) => prop_assert!(matches!(err, QueryError::InvalidArgument(_)), "{:?}", err),
+                }
+            }
+
+            /// Instants and buckets as text: a value or an invalid argument.
+            #[test]
+            fn instants_and_buckets_parse_or_refuse(text in prop_oneof![".{0,40}", "-?[0-9]{1,30}", "[0-9]{1,25}[a-z]{0,6}"]) {
+                for outcome in [parse_instant("from", &text).map(|_| ()), parse_bucket(&text).map(|_| ()), text.parse::<Aggregate>().map(|_| ())] {
+                    if let Err(err) = outcome {
+                        prop_assert!(matches!(err, QueryError::InvalidArgument(_)), "{:?}", err);
+                    }
+                }
+            }
+        }
+
+        fn check_cursor(text: &str) -> Result<(), TestCaseError> {
+            match decode_cursor(text) {
+                Ok(cursor) => {
+                    prop_assert!(earliest() <= cursor.position.ts && cursor.position.ts <= latest());
+                    prop_assert!(cursor.width.is_none_or(|width| MIN_BUCKET <= width && width <= MAX_BUCKET));
+                    prop_assert!(is_valid_name(&cursor.device) && is_valid_name(&cursor.position.metric));
+                }
+                Err(err) => prop_assert!(matches!(err, QueryError::InvalidArgument(_)), "{:?}", err),
+            }
+            Ok(())
+        }
     }
 }

@@ -109,18 +109,7 @@ async fn telemetry(
     Path(id): Path<String>,
     Query(query): Query<TelemetryQuery>,
 ) -> Result<axum::Json<TelemetryPage>, ApiError> {
-    let given = |value: Option<String>| value.filter(|value| !value.trim().is_empty());
-    let params = QueryParams {
-        device: id,
-        metric: given(query.metric),
-        from: given(query.from).map(|text| parse_instant("from", &text)).transpose()?,
-        to: given(query.to).map(|text| parse_instant("to", &text)).transpose()?,
-        bucket: given(query.bucket).map(|text| parse_bucket(&text)).transpose()?,
-        agg: given(query.agg).map(|text| text.parse()).transpose()?,
-        limit: query.limit,
-        cursor: given(query.cursor),
-    };
-    let query = RangeQuery::new(params, Utc::now())?;
+    let query = range_query(id, query, Utc::now())?;
     let page = service.query(&query).await?;
     Ok(axum::Json(TelemetryPage {
         device_id: query.device.to_string(),
@@ -137,6 +126,22 @@ async fn telemetry(
     }))
 }
 
+/// Validates the path and query string of a telemetry request; `now` is the default end of the range.
+fn range_query(id: String, query: TelemetryQuery, now: DateTime<Utc>) -> Result<RangeQuery, QueryError> {
+    let given = |value: Option<String>| value.filter(|value| !value.trim().is_empty());
+    let params = QueryParams {
+        device: id,
+        metric: given(query.metric),
+        from: given(query.from).map(|text| parse_instant("from", &text)).transpose()?,
+        to: given(query.to).map(|text| parse_instant("to", &text)).transpose()?,
+        bucket: given(query.bucket).map(|text| parse_bucket(&text)).transpose()?,
+        agg: given(query.agg).map(|text| text.parse()).transpose()?,
+        limit: query.limit,
+        cursor: given(query.cursor),
+    };
+    RangeQuery::new(params, now)
+}
+
 /// The newest reading of every metric of a device (from the latest-values table, not the readings).
 #[utoipa::path(get, path = "/api/v1/devices/{id}/latest", params(("id" = String, Path)),
     responses((status = 200, body = LatestPage), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
@@ -148,4 +153,44 @@ async fn latest(
     let device = DeviceId::new(id).map_err(QueryError::from)?;
     let values = service.latest(&device).await?;
     Ok(axum::Json(LatestPage { device_id: device.to_string(), values }))
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// Query-string values as an attacker sends them: numbers past every range, NUL, separators, far dates.
+    fn hostile() -> impl Strategy<Value = Option<String>> {
+        prop::option::of(prop_oneof![
+            ".{0,60}",
+            "-?[0-9]{1,30}",
+            "[0-9]{1,22}(ns|us|ms|s|m|h|d|w|y|years)",
+            Just("\0".to_owned()),
+            Just("+275760-09-13T00:00:00Z".to_owned()),
+            Just("-262143-01-01T00:00:00Z".to_owned()),
+            Just("9999-12-31T23:59:59.999999999Z".to_owned()),
+            Just(i64::MAX.to_string()),
+            Just(i64::MIN.to_string()),
+            Just("YjF8ODIxMDI2Njg3Njc5OTk5ODk5OXx0ZW1wZXJhdHVyZQ".to_owned()),
+        ])
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 4_000, failure_persistence: None, ..ProptestConfig::default() })]
+
+        /// Whatever the query string says, the request is validated or refused as a 400, never a panic.
+        #[test]
+        fn any_query_string_is_valid_or_a_400(
+            id in prop_oneof!["[a-z0-9]{1,8}", ".{0,70}"],
+            metric in hostile(), from in hostile(), to in hostile(), bucket in hostile(), agg in hostile(),
+            limit in prop::option::of(any::<u32>()), cursor in hostile(),
+        ) {
+            let query = TelemetryQuery { metric, from, to, bucket, agg, limit, cursor };
+            if let Err(err) = range_query(id, query, Utc::now()) {
+                prop_assert_eq!(ApiError::from(err).status(), StatusCode::BAD_REQUEST);
+            }
+        }
+    }
 }

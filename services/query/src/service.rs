@@ -130,10 +130,11 @@ impl Statement {
         let mut from = query.from;
         // For one metric the keyset condition folds into the range's start, which keeps the plan a plain range scan.
         // Across metrics it is a row comparison on (metric, ts), which the primary key serves too.
+        // Validation keeps cursors and buckets small enough for this sum; should one overflow anyway, nothing follows.
         let (after_metric, after_ts) = match (&query.after, &query.bucket) {
             (None, _) => (String::new(), query.from),
-            (Some(after), None) => (after.metric.clone(), after.ts + TimeDelta::microseconds(1)),
-            (Some(after), Some(bucket)) => (after.metric.clone(), after.ts + bucket.width),
+            (Some(after), None) => (after.metric.clone(), after.ts.checked_add_signed(TimeDelta::microseconds(1))?),
+            (Some(after), Some(bucket)) => (after.metric.clone(), after.ts.checked_add_signed(bucket.width)?),
         };
         if query.metric.is_some() && query.after.is_some() {
             from = from.max(after_ts);

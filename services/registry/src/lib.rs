@@ -14,6 +14,7 @@
 //! - `access`: the API token check shared by both faces.
 //! - `grpc`: `ferrite.v1.DeviceRegistry` and `ferrite.v1.ApiTokens` (tonic), plus health and reflection.
 //! - `rest`: `/api/v1/...` (axum), `/openapi.json` (utoipa), `/healthz`, `/metrics`.
+//! - `serve`: both listeners under bounds (connections, timeouts, sizes) and the REST panic guard.
 //! - `authorizer`: [`RegistryAuthorizer`], the broker's [`ferrite_broker::Authorizer`]: credentials and topic ACL.
 //! - `cli`: `ferrite device ...` and `ferrite token ...`, over gRPC.
 
@@ -31,6 +32,7 @@ pub mod model;
 pub mod presence;
 mod rest;
 mod secret;
+mod serve;
 mod service;
 mod trace;
 
@@ -40,7 +42,6 @@ use ferrite_proto::v1::api_tokens_server::ApiTokensServer;
 use ferrite_proto::v1::device_registry_server::DeviceRegistryServer;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 
 pub use authorizer::{AuthorizerConfig, RegistryAuthorizer, ServiceAccount, ServiceRole};
@@ -52,6 +53,10 @@ pub use model::{
 };
 pub use presence::PresenceListener;
 pub use rest::openapi;
+pub use serve::{
+    BODY_READ_TIMEOUT, DEFAULT_MAX_CONNECTIONS, GRPC_IDLE_TIMEOUT, GRPC_MAX_MESSAGE_BYTES, GRPC_REQUEST_TIMEOUT,
+    HEADER_READ_TIMEOUT, MAX_BODY_BYTES, ServerLimits,
+};
 pub use service::RegistryService;
 
 use crate::access::ApiAccess;
@@ -73,6 +78,8 @@ pub struct Config {
     pub allow_anonymous: bool,
     /// Require tokens even when both listeners are on loopback.
     pub require_token: bool,
+    /// Connections each listener serves at once, and the other bounds of `serve`.
+    pub limits: ServerLimits,
 }
 
 impl Default for Config {
@@ -83,6 +90,7 @@ impl Default for Config {
             rest_addr: SocketAddr::from((Ipv4Addr::LOCALHOST, DEFAULT_REST_PORT)),
             allow_anonymous: false,
             require_token: false,
+            limits: ServerLimits::default(),
         }
     }
 }
@@ -110,6 +118,7 @@ pub struct Registry {
     presence: PresenceListener,
     token_required: bool,
     extension: ApiExtension,
+    limits: ServerLimits,
 }
 
 impl Registry {
@@ -146,6 +155,7 @@ impl Registry {
             presence,
             token_required,
             extension: ApiExtension::new(),
+            limits: config.limits,
         })
     }
 
@@ -181,7 +191,7 @@ impl Registry {
     /// Serves gRPC and REST until `shutdown` is cancelled, then ends presence streams, lets requests in flight
     /// finish, and returns.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), RegistryError> {
-        let Registry { service, grpc, rest, presence, token_required, extension, .. } = self;
+        let Registry { service, grpc, rest, presence, token_required, extension, limits, .. } = self;
         let ApiExtension { rest: extra_rest, grpc: extra_grpc, grpc_names, openapi: extra_openapi } = extension;
         let access = ApiAccess::new(service.clone(), token_required);
         // If one server fails the other stops too, rather than serving half a registry.
@@ -207,21 +217,41 @@ impl Registry {
             .map_err(|err| RegistryError::Internal(format!("reflection: {err}")))?;
         let face = GrpcFace::new(service.clone(), access.clone());
         let grpc_server = tonic::transport::Server::builder()
+            .timeout(serve::GRPC_REQUEST_TIMEOUT)
+            .concurrency_limit_per_connection(serve::GRPC_CONCURRENCY_PER_CONNECTION)
+            .max_concurrent_streams(serve::GRPC_MAX_CONCURRENT_STREAMS)
+            .http2_keepalive_interval(Some(serve::HTTP2_KEEPALIVE_INTERVAL))
+            .http2_keepalive_timeout(Some(serve::HTTP2_KEEPALIVE_TIMEOUT))
             .trace_fn(trace::grpc_span)
             .add_routes(extra_grpc.routes())
             .add_service(health)
             .add_service(reflection)
             .add_service(reflection_alpha)
-            .add_service(DeviceRegistryServer::new(face.clone()))
-            .add_service(ApiTokensServer::new(face))
-            .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), stop.clone().cancelled_owned());
+            .add_service(
+                DeviceRegistryServer::new(face.clone())
+                    .max_decoding_message_size(serve::GRPC_MAX_MESSAGE_BYTES)
+                    .max_encoding_message_size(serve::GRPC_MAX_MESSAGE_BYTES),
+            )
+            .add_service(
+                ApiTokensServer::new(face)
+                    .max_decoding_message_size(serve::GRPC_MAX_MESSAGE_BYTES)
+                    .max_encoding_message_size(serve::GRPC_MAX_MESSAGE_BYTES),
+            )
+            .serve_with_incoming_shutdown(
+                serve::grpc_incoming(grpc, limits, stop.clone()),
+                stop.clone().cancelled_owned(),
+            );
         let grpc_server = async {
             let result = grpc_server.await;
             stop.cancel();
             result.map_err(|err| RegistryError::Internal(format!("grpc server failed: {err}")))
         };
-        let rest_server = axum::serve(rest, rest::router(service.clone(), access, extra_rest, extra_openapi))
-            .with_graceful_shutdown(stop.clone().cancelled_owned());
+        let rest_server = serve::serve_rest(
+            rest,
+            rest::router(service.clone(), access, extra_rest, extra_openapi),
+            limits,
+            stop.clone(),
+        );
         let rest_server = async {
             let result = rest_server.await;
             stop.cancel();

@@ -1,9 +1,11 @@
 //! Hostile input through the real binary: every item of the hardening issue has a test here that runs
 //! `ferrite up` as a user would and attacks it as a device, a browser or an API client could.
 //!
+//! - `api`: hostile query parameters and slow clients against the registry's REST and gRPC APIs.
 //! - `support`: one `ferrite up` on free ports, its addresses read from the banner, its database.
 //! - `ingest`: poison messages and input bounds of the ingestion path (items 1 to 3).
 
+mod api;
 mod ingest;
 mod support;
 

@@ -31,7 +31,7 @@ pub struct Platform {
     pub banner: Vec<String>,
     /// What the process printed to stdout after its banner, read by a thread so it never meets a closed pipe.
     pub output: Arc<Mutex<Vec<String>>>,
-    _dir: tempfile::TempDir,
+    _dir: Option<tempfile::TempDir>,
 }
 
 impl Platform {
@@ -39,6 +39,11 @@ impl Platform {
     pub async fn up(extra: &[&str]) -> anyhow::Result<Platform> {
         let dir = tempfile::tempdir()?;
         let data_dir = dir.path().join("state");
+        Platform::up_in(Some(dir), data_dir, extra).await
+    }
+
+    /// Like [`Platform::up`] with `--data-dir data_dir`; `dir`, if any, is removed when the platform is dropped.
+    pub async fn up_in(dir: Option<tempfile::TempDir>, data_dir: PathBuf, extra: &[&str]) -> anyhow::Result<Platform> {
         let mut args: Vec<&str> = vec!["up"];
         for flag in ["--mqtt-addr", "--ws-addr", "--http-addr", "--rest-addr", "--grpc-addr"] {
             args.extend([flag, "127.0.0.1:0"]);
