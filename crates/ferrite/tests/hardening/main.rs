@@ -1,8 +1,11 @@
 //! Hostile input through the real binary: every item of the hardening issue has a test here that runs
 //! `ferrite up` as a user would and attacks it as a device, a browser or an API client could.
 //!
+//! - `browser`: the gateway's `/dashboard` (Origin, `subscribed` after the broker's grant, retained commands,
+//!   the browser cap, half-open HTTP connections).
 //! - `support`: one `ferrite up` on free ports, its addresses read from the banner, its database.
 
+mod browser;
 mod support;
 
 use support::Platform;
