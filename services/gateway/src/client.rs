@@ -468,6 +468,15 @@ mod tests {
         browser.to_gateway.unbounded_send(Ok(Message::Binary(vec![1, 2].into()))).expect("the gateway reads");
         assert_eq!(browser.next_json().await["type"], "error");
 
+        // One request may not carry more topics than a browser may hold; a huge one is refused by its length.
+        let many: Vec<String> = (0..=MAX_TOPICS_PER_REQUEST).map(|n| format!("t/{n}")).collect();
+        browser.send(&serde_json::json!({"type": "subscribe", "topics": many}).to_string());
+        let reply = browser.next_json().await;
+        assert!(reply["message"].as_str().is_some_and(|message| message.contains("too many topics")), "{reply}");
+        let huge: Vec<String> = (0..100_000).map(|n| format!("t/{n}")).collect();
+        browser.send(&serde_json::json!({"type": "unsubscribe", "topics": huge}).to_string());
+        assert_eq!(browser.next_json().await["type"], "error");
+
         browser.send(r#"{"type": "subscribe", "topics": ["sensors/#", "bad/#/x", "sensors/#"]}"#);
         let error = browser.next_json().await;
         assert_eq!(error["type"], "error");
@@ -541,5 +550,84 @@ mod tests {
             other => panic!("unexpected {other:?}"),
         }
         browser.task.await.expect("the client loop ends");
+    }
+
+    /// What a browser may send: text near the protocol's requests, any JSON, any text, or binary.
+    fn any_frame() -> impl proptest::strategy::Strategy<Value = Message> {
+        use crate::protocol::tests::{json_value, near_request};
+        use proptest::prelude::*;
+        prop_oneof![
+            4 => near_request().prop_map(|value| Message::Text(value.to_string().into())),
+            2 => json_value().prop_map(|value| Message::Text(value.to_string().into())),
+            1 => ".{0,40}".prop_map(|text| Message::Text(text.into())),
+            1 => prop::collection::vec(any::<u8>(), 0..64).prop_map(|bytes| Message::Binary(bytes.into())),
+        ]
+    }
+
+    /// Arbitrary frames on one connection to a gateway with a real broker: none panics or ends the connection,
+    /// and each bad one gets an `error` before the reply to the next request (a sure error, used as a marker).
+    #[test]
+    fn arbitrary_frames_get_errors_and_the_connection_stays_usable() {
+        use proptest::test_runner::{Config as RunnerConfig, TestCaseError, TestRunner};
+        let runtime =
+            tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("a runtime");
+        let (_keep, state) = runtime.block_on(live_state());
+        let browser = std::sync::Mutex::new(runtime.block_on(async { Browser::connect(&state) }));
+        let marker = std::sync::atomic::AtomicU64::new(0);
+        let mut runner = TestRunner::new(RunnerConfig::with_cases(3_000));
+        let outcome = runner.run(&any_frame(), |frame| {
+            let bad = match &frame {
+                Message::Text(text) => parse_request(text.as_str()).is_err(),
+                _ => true,
+            };
+            let n = marker.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let mut browser = browser.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            runtime.block_on(async {
+                browser.to_gateway.unbounded_send(Ok(frame.clone())).expect("the gateway reads");
+                browser.send(&format!(r#"{{"type": "marker-{n}"}}"#));
+                let mut errors = 0;
+                loop {
+                    let reply = tokio::time::timeout(Duration::from_secs(30), browser.next_json())
+                        .await
+                        .map_err(|_| TestCaseError::fail(format!("no reply after {frame:?}")))?;
+                    if reply["type"] == "error" {
+                        if reply["message"].as_str().is_some_and(|message| message.contains(&format!("marker-{n}\""))) {
+                            break;
+                        }
+                        errors += 1;
+                    }
+                }
+                if bad && errors == 0 {
+                    return Err(TestCaseError::fail(format!("no error for {frame:?}")));
+                }
+                Ok(())
+            })
+        });
+        if let Err(error) = outcome {
+            panic!("{error}");
+        }
+        assert!(!browser.lock().unwrap_or_else(std::sync::PoisonError::into_inner).task.is_finished());
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(10_000))]
+
+        /// `split_filters` keeps the valid filters once each, in order, and a reason per invalid one: what the
+        /// obvious quadratic version did.
+        #[test]
+        fn split_filters_dedups_in_order(topics in proptest::collection::vec("[ab/+#]{0,4}", 0..40)) {
+            let (valid, invalid) = split_filters(topics.clone());
+            let mut expected: Vec<String> = Vec::new();
+            let mut reasons = 0;
+            for topic in topics {
+                if validate_filter(&topic).is_err() {
+                    reasons += 1;
+                } else if !expected.contains(&topic) {
+                    expected.push(topic);
+                }
+            }
+            proptest::prop_assert_eq!(valid, expected);
+            proptest::prop_assert_eq!(invalid.len(), reasons);
+        }
     }
 }
