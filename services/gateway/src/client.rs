@@ -523,6 +523,25 @@ mod tests {
         browser.task.await.expect("the client loop ends");
     }
 
+    /// Without the broker's grant there is no `subscribed`: a broker that never answers gets the browser an `error`
+    /// naming the filter after [`SUBSCRIBE_TIMEOUT`], and the filter is given up.
+    #[tokio::test(start_paused = true)]
+    async fn no_subscribed_without_the_brokers_grant() {
+        // A session to a port nothing listens on, kept alive by its gateway.
+        let mut config = Config::new(BrokerUrl::Tcp { host: "127.0.0.1".into(), port: 9 });
+        config.http_addr = "127.0.0.1:0".parse().expect("valid address");
+        let gateway = Gateway::bind(config).await.expect("binds");
+        let state = gateway.state();
+        let mut browser = Browser::connect(&state);
+        browser.send(r#"{"type": "subscribe", "topics": ["sensors/#"]}"#);
+        let reply = browser.next_json().await;
+        assert_eq!(reply["type"], "error", "{reply}");
+        let message = reply["message"].as_str().expect("a message");
+        assert!(message.contains("\"sensors/#\"") && message.contains("did not answer"), "{message}");
+        assert!(state.subscriptions().is_empty());
+        assert_eq!(state.clients()[0].filters, Vec::<String>::new());
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_pong_keeps_the_connection() {
         let state = state().await;
