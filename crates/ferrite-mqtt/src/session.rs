@@ -81,6 +81,9 @@ pub enum SessionError {
     Topic(String),
 }
 
+/// The broker's answer for one filter of a SUBSCRIBE: the QoS it granted, or why it refused (its reason code).
+pub type Grant = Result<QoS, String>;
+
 /// One publish of ours, as the caller asked for it.
 #[derive(Debug, Clone)]
 struct Outbound {
@@ -95,6 +98,7 @@ enum Command {
     Publish(Outbound, Option<OwnedSemaphorePermit>),
     Ack { generation: u64, publish: Box<Publish> },
     Subscribe(Filter),
+    SubscribeGranted(Filter, oneshot::Sender<Grant>),
     Unsubscribe(String),
     Close { drain: Duration, done: oneshot::Sender<usize> },
 }
@@ -122,6 +126,9 @@ impl Session {
             subscriptions: config.subscriptions.iter().map(|(path, qos)| Filter::new(path.clone(), *qos)).collect(),
             ledger: VecDeque::new(),
             awaiting_pkid: VecDeque::new(),
+            subscribing: VecDeque::new(),
+            unsent_grants: Vec::new(),
+            unanswered: Vec::new(),
             next_id: 0,
             generation: 0,
             connected: false,
@@ -173,6 +180,15 @@ impl Session {
     /// Adds a subscription with MQTT 5 options (no-local, retain-as-published, retain handling).
     pub fn subscribe_filter(&self, filter: Filter) -> Result<(), SessionError> {
         self.commands.send(Command::Subscribe(filter)).map_err(|_| SessionError::Stopped)
+    }
+
+    /// Like [`Session::subscribe_filter`], and says when the broker has answered: the receiver gets the broker's
+    /// [`Grant`] from its SUBACK for this filter (after a reconnect, from the SUBACK of the resubscription).
+    /// The sender is dropped, unanswered, when the filter is unsubscribed first or the session ends.
+    pub fn subscribe_granted(&self, filter: Filter) -> Result<oneshot::Receiver<Grant>, SessionError> {
+        let (granted, grant) = oneshot::channel();
+        self.commands.send(Command::SubscribeGranted(filter, granted)).map_err(|_| SessionError::Stopped)?;
+        Ok(grant)
     }
 
     /// Removes a subscription (and stops renewing it on reconnect).
@@ -234,6 +250,13 @@ struct Entry {
     _permit: Option<OwnedSemaphorePermit>,
 }
 
+/// One SUBSCRIBE on the wire: its filters, its packet id once rumqttc has said it, and who waits for its SUBACK.
+struct Subscribing {
+    paths: Vec<String>,
+    pkid: Option<u16>,
+    grants: Vec<(String, oneshot::Sender<Grant>)>,
+}
+
 struct Closing {
     deadline: tokio::time::Instant,
     done: oneshot::Sender<usize>,
@@ -247,6 +270,12 @@ struct Driver {
     ledger: VecDeque<Entry>,
     /// Ids of ledger entries handed to rumqttc on this connection, in order, whose packet id is not known yet.
     awaiting_pkid: VecDeque<u64>,
+    /// SUBSCRIBEs handed to rumqttc on this connection, in order, until their SUBACK.
+    subscribing: VecDeque<Subscribing>,
+    /// Callers of [`Session::subscribe_granted`] whose filter is not sent on this connection yet.
+    unsent_grants: Vec<(String, oneshot::Sender<Grant>)>,
+    /// Filters whose SUBSCRIBE the last connection never saw answered: sent again even when the broker kept our session.
+    unanswered: Vec<String>,
     next_id: u64,
     generation: u64,
     connected: bool,
@@ -325,8 +354,23 @@ impl Driver {
                 self.generation += 1;
                 self.connected = true;
                 if !connack.session_present && !self.subscriptions.is_empty() {
-                    let _ = self.client.try_subscribe_many(self.subscriptions.clone());
+                    self.subscribe_now(self.subscriptions.clone());
+                } else {
+                    // The broker kept our session, but these were never answered: ask again.
+                    let waiting: Vec<Filter> = self
+                        .subscriptions
+                        .iter()
+                        .filter(|filter| {
+                            self.unanswered.contains(&filter.path)
+                                || self.unsent_grants.iter().any(|(path, _)| *path == filter.path)
+                        })
+                        .cloned()
+                        .collect();
+                    self.subscribe_now(waiting);
                 }
+                self.unanswered.clear();
+                // Grants for filters no longer subscribed are dropped: nobody will answer them.
+                self.unsent_grants.clear();
                 self.resend_all();
                 return self.deliver(Event::Connected { session_present: connack.session_present }).await;
             }
@@ -337,12 +381,18 @@ impl Driver {
             RawEvent::Incoming(Packet::PubAck(ack)) => self.acknowledged(ack.pkid),
             RawEvent::Incoming(Packet::PubComp(comp)) => self.acknowledged(comp.pkid),
             RawEvent::Incoming(Packet::SubAck(suback)) => {
+                self.granted(suback.pkid, &suback.return_codes);
                 let refused =
                     suback.return_codes.iter().filter(|code| !matches!(code, SubscribeReasonCode::Success(_))).count();
                 if refused > 0 {
                     tracing::warn!(refused, "broker refused a subscription");
                 }
                 return self.deliver(Event::Subscribed { refused }).await;
+            }
+            RawEvent::Outgoing(Outgoing::Subscribe(pkid)) => {
+                if let Some(subscribing) = self.subscribing.iter_mut().find(|subscribing| subscribing.pkid.is_none()) {
+                    subscribing.pkid = Some(pkid);
+                }
             }
             RawEvent::Outgoing(Outgoing::Publish(pkid)) if pkid != 0 => {
                 if let Some(id) = self.awaiting_pkid.pop_front()
@@ -381,12 +431,17 @@ impl Driver {
             }
             Command::Subscribe(filter) => {
                 if self.connected {
-                    let _ = self.client.try_subscribe_many([filter.clone()]);
+                    self.subscribe_now(vec![filter.clone()]);
                 }
                 self.subscriptions.retain(|kept| kept.path != filter.path);
                 self.subscriptions.push(filter);
             }
+            Command::SubscribeGranted(filter, grant) => {
+                self.unsent_grants.push((filter.path.clone(), grant));
+                self.on_command(Command::Subscribe(filter));
+            }
             Command::Unsubscribe(path) => {
+                self.unsent_grants.retain(|(waiting, _)| *waiting != path);
                 if self.connected {
                     let _ = self.client.try_unsubscribe(path.clone());
                 }
@@ -395,6 +450,40 @@ impl Driver {
             Command::Close { drain, done } => {
                 self.closing = Some(Closing { deadline: tokio::time::Instant::now() + drain, done });
             }
+        }
+    }
+
+    /// Sends one SUBSCRIBE for `filters` and remembers it until its SUBACK, with the grants waiting for them.
+    fn subscribe_now(&mut self, filters: Vec<Filter>) {
+        if filters.is_empty() {
+            return;
+        }
+        let paths: Vec<String> = filters.iter().map(|filter| filter.path.clone()).collect();
+        let (grants, unsent) =
+            std::mem::take(&mut self.unsent_grants).into_iter().partition(|(path, _)| paths.contains(path));
+        self.unsent_grants = unsent;
+        match self.client.try_subscribe_many(filters) {
+            Ok(()) => self.subscribing.push_back(Subscribing { paths, pkid: None, grants }),
+            Err(error) => {
+                for (_, grant) in grants {
+                    let _ = grant.send(Err(format!("cannot subscribe: {error}")));
+                }
+            }
+        }
+    }
+
+    /// A SUBACK arrived: answers those waiting for its filters.
+    fn granted(&mut self, pkid: u16, codes: &[SubscribeReasonCode]) {
+        let Some(pos) = self.subscribing.iter().position(|subscribing| subscribing.pkid == Some(pkid)) else { return };
+        let Some(subscribing) = self.subscribing.remove(pos) else { return };
+        for (path, grant) in subscribing.grants {
+            let code = subscribing.paths.iter().position(|sent| *sent == path).and_then(|idx| codes.get(idx));
+            let answer = match code {
+                Some(SubscribeReasonCode::Success(qos)) => Ok(*qos),
+                Some(code) => Err(format!("{code:?}")),
+                None => Err("the broker's SUBACK has no reason code for it".to_owned()),
+            };
+            let _ = grant.send(answer);
         }
     }
 
@@ -437,6 +526,13 @@ impl Driver {
     fn on_disconnect(&mut self, eventloop: &mut EventLoop) {
         self.connected = false;
         self.awaiting_pkid.clear();
+        // SUBSCRIBEs not answered on this connection are sent again after the ConnAck (see `on_event`), with
+        // their grants; rumqttc's own replay of them would come with packet ids we could not match.
+        for subscribing in self.subscribing.drain(..) {
+            self.unanswered.extend(subscribing.paths);
+            self.unsent_grants.extend(subscribing.grants);
+        }
+        eventloop.pending.retain(|request| !matches!(request, Request::Subscribe(_)));
         for entry in &mut self.ledger {
             entry.pkid = None;
         }

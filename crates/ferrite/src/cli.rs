@@ -17,6 +17,8 @@ pub struct Cli {
     pub command: Command,
 }
 
+// Parsed once at start: the size of the largest variant costs nothing worth a Box.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run everything in one process: broker, ingester and (with --fleet) simulated devices.
@@ -84,10 +86,35 @@ pub struct GatewayArgs {
     /// Dashboard page /, live WebSocket /dashboard, /healthz and /metrics.
     #[arg(long, env = "FERRITE_HTTP_ADDR", default_value = "127.0.0.1:8080")]
     pub http_addr: SocketAddr,
+    #[command(flatten)]
+    pub browsers: BrowserArgs,
     /// The registry's PostgreSQL, to check browsers' API tokens; without it a gateway beyond loopback
     /// needs --allow-anonymous.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
+}
+
+/// Which browsers the gateway serves.
+#[derive(Args, Debug, Clone)]
+pub struct BrowserArgs {
+    /// Origins of web pages served elsewhere that may open the /dashboard WebSocket, comma separated, as the
+    /// browser sends them: e.g. https://dash.example.com,http://localhost:3000. The dashboard served by the gateway
+    /// itself and clients that send no Origin (scripts) need no entry; "null" admits file:// pages and sandboxed
+    /// frames, "*" every page (not recommended).
+    #[arg(long, env = "FERRITE_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Vec<ferrite_gateway::AllowedOrigin>,
+    /// Browsers served at once on /dashboard; one more is refused (503).
+    #[arg(long, env = "FERRITE_MAX_BROWSERS", default_value_t = ferrite_gateway::DEFAULT_MAX_BROWSERS as u32,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_browsers: u32,
+}
+
+impl BrowserArgs {
+    /// Sets these on a gateway's configuration.
+    pub fn apply(&self, config: &mut ferrite_gateway::Config) {
+        config.allowed_origins = self.allowed_origins.clone();
+        config.max_browsers = self.max_browsers as usize;
+    }
 }
 
 #[derive(Args, Debug, Clone)]
@@ -357,6 +384,8 @@ pub struct UpArgs {
     /// Gateway: dashboard page /, live WebSocket /dashboard, /healthz and /metrics for the whole process.
     #[arg(long, env = "FERRITE_HTTP_ADDR", default_value = "127.0.0.1:8080")]
     pub http_addr: SocketAddr,
+    #[command(flatten)]
+    pub browsers: BrowserArgs,
     #[command(flatten)]
     pub api: ApiArgs,
     /// PostgreSQL to use instead of the private cluster.

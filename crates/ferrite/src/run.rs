@@ -129,6 +129,7 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     let registry = registry.with_extension(extension);
     let mut gateway_config = ferrite_gateway::Config::new(local_url(mqtt_addr));
     gateway_config.http_addr = args.http_addr;
+    args.browsers.apply(&mut gateway_config);
     gateway_config.credentials = Some(gateway_login);
     gateway_config.publish_policy =
         Arc::new(crate::policy::TokenPolicy::new(service.clone(), args.http_addr, args.api.allow_anonymous));
@@ -316,6 +317,7 @@ async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
     let mut config = ferrite_gateway::Config::new(args.client.broker_url.clone());
     config.http_addr = args.http_addr;
     config.credentials = args.client.credentials();
+    args.browsers.apply(&mut config);
     if let Some(url) = &args.database_url {
         let options = url.parse().context("DATABASE_URL is not a valid PostgreSQL URL")?;
         let pool = ferrite_db::connect(options).await.context("cannot connect to PostgreSQL")?;

@@ -9,6 +9,7 @@
 //! small queue that the reader waits on, so a browser that does not read only stops its own requests;
 //! the writer takes replies first, so the retained values of a subscription always precede later updates.
 
+use std::collections::HashSet;
 use std::fmt::Display;
 use std::sync::Arc;
 use std::time::Duration;
@@ -44,6 +45,18 @@ const WRITE_BATCH: usize = 256;
 pub const WRITE_GAP: Duration = Duration::from_millis(1);
 /// How long the close frame may take to reach a browser that may have stopped reading.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+/// Most topics in one `subscribe` or `unsubscribe`: as many as one browser may hold, since a larger request
+/// could never be held; checked before anything else, so a huge request costs one length check.
+pub const MAX_TOPICS_PER_REQUEST: usize = crate::MAX_FILTERS_PER_CLIENT;
+/// How long a browser waits for the broker to grant a new filter before it is told the subscription failed
+/// (while the broker is away, say). The browser's next requests wait behind it, so it stays well under
+/// [`IDLE_TIMEOUT`].
+pub const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Topic trees of the platform whose retained values only their owners may set: a retained `commands/...` would be
+/// replayed to the device as a fresh command on every reconnect; `devices/...` (presence, Last Wills),
+/// `sensors/...` (readings) and `alerts/...` (the rules engine) would pass a browser's value off as the current
+/// state for everyone who subscribes later. Browsers publish to them without retain; elsewhere retain is theirs.
+pub const NO_RETAIN_FROM_BROWSERS: [&str; 4] = ["commands/", "devices/", "sensors/", "alerts/"];
 
 /// Serves one browser until it leaves, stops answering pings, or the gateway shuts down.
 pub async fn serve<S, R, E>(state: GatewayState, info: ClientInfo, sink: S, stream: R)
@@ -139,34 +152,14 @@ async fn handle(
         Err(message) => return reply_error(replies, &message).await,
     };
     match request {
-        Request::Subscribe { topics } => {
-            let (valid, invalid) = split_filters(topics);
-            if !invalid.is_empty() {
-                reply_error(replies, &invalid.join("; ")).await?;
-            }
-            if valid.is_empty() {
-                return Ok(());
-            }
-            // Reserve the reply's place before subscribing, and queue it under the hub's lock: updates the hub
-            // queues after this subscription then always follow its retained values.
-            let permit = replies.reserve().await.map_err(|_| WriterGone)?;
-            {
-                let mut hub = state.hub();
-                match hub.subscribe(id, &valid) {
-                    Ok(retained) => {
-                        let mut frames = Vec::with_capacity(retained.len() + 1);
-                        frames.push(ServerMessage::Subscribed { topics: &valid }.frame());
-                        frames.extend(retained);
-                        permit.send(frames);
-                    }
-                    Err(error) => {
-                        metrics::counter!("ferrite_gateway_bad_requests_total").increment(1);
-                        permit.send(vec![error_frame(&error.to_string())]);
-                    }
-                }
-            }
-            Ok(())
+        Request::Subscribe { topics } | Request::Unsubscribe { topics } if topics.len() > MAX_TOPICS_PER_REQUEST => {
+            let message = format!(
+                "too many topics in one request: {} (at most {MAX_TOPICS_PER_REQUEST}; send several requests)",
+                topics.len()
+            );
+            reply_error(replies, &message).await
         }
+        Request::Subscribe { topics } => subscribe(state, id, topics, replies).await,
         Request::Unsubscribe { topics } => {
             let (valid, invalid) = split_filters(topics);
             state.hub().unsubscribe(id, &valid);
@@ -175,6 +168,17 @@ async fn handle(
         Request::Publish(publish) => {
             if let Err(error) = validate_topic(&publish.topic) {
                 return reply_error(replies, &error.to_string()).await;
+            }
+            if publish.retain
+                && let Some(tree) = NO_RETAIN_FROM_BROWSERS.iter().find(|tree| publish.topic.starts_with(**tree))
+            {
+                metrics::counter!("ferrite_gateway_retain_refused_total").increment(1);
+                let message = format!(
+                    "not allowed to publish to {:?} with retain: browsers may not set retained values under {tree} \
+                     (publish it with \"retain\": false)",
+                    publish.topic
+                );
+                return reply_error(replies, &message).await;
             }
             if let Err(reason) = state.policy().check(info, &publish.topic, publish.retain) {
                 return reply_error(replies, &format!("not allowed to publish to {:?}: {reason}", publish.topic)).await;
@@ -196,13 +200,94 @@ async fn handle(
     }
 }
 
-/// Splits requested filters into valid ones (each once, in order) and the reasons for the others.
+/// A `subscribe`: `subscribed` goes out only once the broker has granted every filter new at the broker (those
+/// other browsers hold are granted already), so a message published after it reaches this browser. A filter the
+/// broker refuses, or does not answer for within [`SUBSCRIBE_TIMEOUT`], gets an `error` naming it.
+async fn subscribe(
+    state: &GatewayState,
+    id: ClientId,
+    topics: Vec<String>,
+    replies: &mpsc::Sender<Vec<Frame>>,
+) -> Result<(), WriterGone> {
+    let (valid, invalid) = split_filters(topics);
+    if !invalid.is_empty() {
+        reply_error(replies, &invalid.join("; ")).await?;
+    }
+    if valid.is_empty() {
+        return Ok(());
+    }
+    let subscribed = state.hub().subscribe(id, &valid);
+    let waiting = match subscribed {
+        Ok(waiting) => waiting,
+        Err(error) => return reply_error(replies, &error.to_string()).await,
+    };
+    let mut refused: Vec<(String, String)> = Vec::new();
+    if !waiting.is_empty() {
+        let answers = futures::future::join_all(waiting.iter().map(|(_, grant)| grant.clone()));
+        match tokio::time::timeout(SUBSCRIBE_TIMEOUT, answers).await {
+            Ok(answers) => {
+                for ((filter, _), answer) in waiting.into_iter().zip(answers) {
+                    if let Err(reason) = answer {
+                        refused.push((filter, reason));
+                    }
+                }
+            }
+            Err(_) => {
+                // Those answered in time keep their answer; the rest are given up.
+                for (filter, grant) in waiting {
+                    match grant.peek() {
+                        Some(Ok(())) => {}
+                        Some(Err(reason)) => refused.push((filter, reason.clone())),
+                        None => refused.push((
+                            filter,
+                            format!("the broker did not answer within {}s; try again", SUBSCRIBE_TIMEOUT.as_secs()),
+                        )),
+                    }
+                }
+            }
+        }
+    }
+    let granted: Vec<String> = if refused.is_empty() {
+        valid
+    } else {
+        let refused: HashSet<&str> = refused.iter().map(|(filter, _)| filter.as_str()).collect();
+        valid.into_iter().filter(|filter| !refused.contains(filter.as_str())).collect()
+    };
+    // Reserve the reply's place, and queue it under the hub's lock: updates the hub queues after this
+    // subscription then always follow its retained values.
+    let permit = replies.reserve().await.map_err(|_| WriterGone)?;
+    let mut frames = Vec::new();
+    let mut hub = state.hub();
+    if !refused.is_empty() {
+        let filters: Vec<String> = refused.iter().map(|(filter, _)| filter.clone()).collect();
+        hub.abandon(id, &filters);
+        metrics::counter!("ferrite_gateway_subscriptions_refused_total").increment(refused.len() as u64);
+        let reasons: Vec<String> =
+            refused.iter().map(|(filter, reason)| format!("cannot subscribe to {filter:?}: {reason}")).collect();
+        frames.push(error_frame(&reasons.join("; ")));
+    }
+    if !granted.is_empty() {
+        let retained = hub.activate(id, &granted);
+        frames.reserve(retained.len() + 1);
+        frames.push(ServerMessage::Subscribed { topics: &granted }.frame());
+        frames.extend(retained);
+    }
+    permit.send(frames);
+    Ok(())
+}
+
+/// Splits requested filters into valid ones (each once, in order) and the reasons for the others; linear in
+/// the number of filters (a set remembers those seen).
 fn split_filters(topics: Vec<String>) -> (Vec<String>, Vec<String>) {
+    let mut seen: HashSet<String> = HashSet::with_capacity(topics.len());
     let mut valid: Vec<String> = Vec::with_capacity(topics.len());
     let mut invalid = Vec::new();
     for topic in topics {
         match validate_filter(&topic) {
-            Ok(()) if !valid.contains(&topic) => valid.push(topic),
+            Ok(()) if !seen.contains(&topic) => {
+                seen.insert(topic.clone());
+                valid.push(topic);
+            }
             Ok(()) => {}
             Err(error) => invalid.push(error.to_string()),
         }
@@ -353,9 +438,20 @@ mod tests {
         Gateway::bind(config).await.expect("binds").state()
     }
 
+    /// A gateway that is bound but not run, with a real broker that answers its subscriptions.
+    /// The gateway is returned too: its session lives while the gateway's event receiver does.
+    async fn live_state() -> ((ferrite_testkit::TestBroker, Gateway), GatewayState) {
+        let broker = ferrite_testkit::TestBroker::start().await.expect("a test broker");
+        let mut config = Config::new(broker.url());
+        config.http_addr = "127.0.0.1:0".parse().expect("valid address");
+        let gateway = Gateway::bind(config).await.expect("binds");
+        let state = gateway.state();
+        ((broker, gateway), state)
+    }
+
     #[tokio::test]
     async fn bad_input_gets_an_error_and_the_connection_stays_usable() {
-        let state = state().await;
+        let (_broker, state) = live_state().await;
         let mut browser = Browser::connect(&state);
         for (input, expected) in [
             ("not json", "invalid JSON"),
@@ -372,6 +468,15 @@ mod tests {
         browser.to_gateway.unbounded_send(Ok(Message::Binary(vec![1, 2].into()))).expect("the gateway reads");
         assert_eq!(browser.next_json().await["type"], "error");
 
+        // One request may not carry more topics than a browser may hold; a huge one is refused by its length.
+        let many: Vec<String> = (0..=MAX_TOPICS_PER_REQUEST).map(|n| format!("t/{n}")).collect();
+        browser.send(&serde_json::json!({"type": "subscribe", "topics": many}).to_string());
+        let reply = browser.next_json().await;
+        assert!(reply["message"].as_str().is_some_and(|message| message.contains("too many topics")), "{reply}");
+        let huge: Vec<String> = (0..100_000).map(|n| format!("t/{n}")).collect();
+        browser.send(&serde_json::json!({"type": "unsubscribe", "topics": huge}).to_string());
+        assert_eq!(browser.next_json().await["type"], "error");
+
         browser.send(r#"{"type": "subscribe", "topics": ["sensors/#", "bad/#/x", "sensors/#"]}"#);
         let error = browser.next_json().await;
         assert_eq!(error["type"], "error");
@@ -381,10 +486,11 @@ mod tests {
 
     #[tokio::test]
     async fn leaving_releases_the_subscriptions() {
-        let state = state().await;
+        let (_broker, state) = live_state().await;
         let mut browser = Browser::connect(&state);
         browser.send(r#"{"type": "subscribe", "topics": ["a", "b"]}"#);
-        assert_eq!(browser.next_json().await["type"], "subscribed");
+        let reply = browser.next_json().await;
+        assert_eq!(reply["type"], "subscribed", "{reply}");
         browser.send(r#"{"type": "unsubscribe", "topics": ["a"]}"#);
         browser.send(r#"{"type": "subscribe", "topics": ["c"]}"#);
         assert_eq!(browser.next_json().await["topics"][0], "c");
@@ -417,6 +523,25 @@ mod tests {
         browser.task.await.expect("the client loop ends");
     }
 
+    /// Without the broker's grant there is no `subscribed`: a broker that never answers gets the browser an `error`
+    /// naming the filter after [`SUBSCRIBE_TIMEOUT`], and the filter is given up.
+    #[tokio::test(start_paused = true)]
+    async fn no_subscribed_without_the_brokers_grant() {
+        // A session to a port nothing listens on, kept alive by its gateway.
+        let mut config = Config::new(BrokerUrl::Tcp { host: "127.0.0.1".into(), port: 9 });
+        config.http_addr = "127.0.0.1:0".parse().expect("valid address");
+        let gateway = Gateway::bind(config).await.expect("binds");
+        let state = gateway.state();
+        let mut browser = Browser::connect(&state);
+        browser.send(r#"{"type": "subscribe", "topics": ["sensors/#"]}"#);
+        let reply = browser.next_json().await;
+        assert_eq!(reply["type"], "error", "{reply}");
+        let message = reply["message"].as_str().expect("a message");
+        assert!(message.contains("\"sensors/#\"") && message.contains("did not answer"), "{message}");
+        assert!(state.subscriptions().is_empty());
+        assert_eq!(state.clients()[0].filters, Vec::<String>::new());
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_pong_keeps_the_connection() {
         let state = state().await;
@@ -434,7 +559,7 @@ mod tests {
 
     #[tokio::test]
     async fn shutdown_closes_with_going_away() {
-        let state = state().await;
+        let (_broker, state) = live_state().await;
         let mut browser = Browser::connect(&state);
         browser.send(r#"{"type": "subscribe", "topics": ["a"]}"#);
         assert_eq!(browser.next_json().await["type"], "subscribed");
@@ -444,5 +569,84 @@ mod tests {
             other => panic!("unexpected {other:?}"),
         }
         browser.task.await.expect("the client loop ends");
+    }
+
+    /// What a browser may send: text near the protocol's requests, any JSON, any text, or binary.
+    fn any_frame() -> impl proptest::strategy::Strategy<Value = Message> {
+        use crate::protocol::tests::{json_value, near_request};
+        use proptest::prelude::*;
+        prop_oneof![
+            4 => near_request().prop_map(|value| Message::Text(value.to_string().into())),
+            2 => json_value().prop_map(|value| Message::Text(value.to_string().into())),
+            1 => ".{0,40}".prop_map(|text| Message::Text(text.into())),
+            1 => prop::collection::vec(any::<u8>(), 0..64).prop_map(|bytes| Message::Binary(bytes.into())),
+        ]
+    }
+
+    /// Arbitrary frames on one connection to a gateway with a real broker: none panics or ends the connection,
+    /// and each bad one gets an `error` before the reply to the next request (a sure error, used as a marker).
+    #[test]
+    fn arbitrary_frames_get_errors_and_the_connection_stays_usable() {
+        use proptest::test_runner::{Config as RunnerConfig, TestCaseError, TestRunner};
+        let runtime =
+            tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("a runtime");
+        let (_keep, state) = runtime.block_on(live_state());
+        let browser = std::sync::Mutex::new(runtime.block_on(async { Browser::connect(&state) }));
+        let marker = std::sync::atomic::AtomicU64::new(0);
+        let mut runner = TestRunner::new(RunnerConfig::with_cases(3_000));
+        let outcome = runner.run(&any_frame(), |frame| {
+            let bad = match &frame {
+                Message::Text(text) => parse_request(text.as_str()).is_err(),
+                _ => true,
+            };
+            let n = marker.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let mut browser = browser.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            runtime.block_on(async {
+                browser.to_gateway.unbounded_send(Ok(frame.clone())).expect("the gateway reads");
+                browser.send(&format!(r#"{{"type": "marker-{n}"}}"#));
+                let mut errors = 0;
+                loop {
+                    let reply = tokio::time::timeout(Duration::from_secs(30), browser.next_json())
+                        .await
+                        .map_err(|_| TestCaseError::fail(format!("no reply after {frame:?}")))?;
+                    if reply["type"] == "error" {
+                        if reply["message"].as_str().is_some_and(|message| message.contains(&format!("marker-{n}\""))) {
+                            break;
+                        }
+                        errors += 1;
+                    }
+                }
+                if bad && errors == 0 {
+                    return Err(TestCaseError::fail(format!("no error for {frame:?}")));
+                }
+                Ok(())
+            })
+        });
+        if let Err(error) = outcome {
+            panic!("{error}");
+        }
+        assert!(!browser.lock().unwrap_or_else(std::sync::PoisonError::into_inner).task.is_finished());
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(10_000))]
+
+        /// `split_filters` keeps the valid filters once each, in order, and a reason per invalid one: what the
+        /// obvious quadratic version did.
+        #[test]
+        fn split_filters_dedups_in_order(topics in proptest::collection::vec("[ab/+#]{0,4}", 0..40)) {
+            let (valid, invalid) = split_filters(topics.clone());
+            let mut expected: Vec<String> = Vec::new();
+            let mut reasons = 0;
+            for topic in topics {
+                if validate_filter(&topic).is_err() {
+                    reasons += 1;
+                } else if !expected.contains(&topic) {
+                    expected.push(topic);
+                }
+            }
+            proptest::prop_assert_eq!(valid, expected);
+            proptest::prop_assert_eq!(invalid.len(), reasons);
+        }
     }
 }

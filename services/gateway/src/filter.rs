@@ -146,4 +146,25 @@ mod tests {
             prop_assert!(validate_topic(&topic).is_ok(), "{:?}", topic);
         }
     }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(20_000))]
+
+        /// Any string: validation never panics, and a valid filter keeps MQTT's rules for wildcards.
+        #[test]
+        fn any_string_validates_or_is_refused(text in "[a-z/+#$\u{0}]{0,12}|.{0,24}") {
+            if validate_filter(&text).is_ok() {
+                let levels: Vec<&str> = text.split('/').collect();
+                for (idx, level) in levels.iter().enumerate() {
+                    prop_assert!(!level.contains('#') || (*level == "#" && idx == levels.len() - 1), "{:?}", text);
+                    prop_assert!(!level.contains('+') || *level == "+", "{:?}", text);
+                }
+                prop_assert!(!text.is_empty() && !text.contains('\0') && !text.starts_with("$share/"));
+            }
+            if validate_topic(&text).is_ok() {
+                prop_assert!(!text.contains(['+', '#', '\0']) && !text.starts_with('$') && !text.is_empty());
+                prop_assert!(validate_filter(&text).is_ok() || text.starts_with("$share/"), "{:?}", text);
+            }
+        }
+    }
 }

@@ -80,6 +80,22 @@ async fn dashboard(
     if state.closing().is_cancelled() {
         return (StatusCode::SERVICE_UNAVAILABLE, "the gateway is shutting down").into_response();
     }
+    let origin = headers.get(header::ORIGIN).map(|value| String::from_utf8_lossy(value.as_bytes()).into_owned());
+    let host = headers.get(header::HOST).and_then(|value| value.to_str().ok());
+    if let Err(refusal) = state.origins().check(origin.as_deref(), host) {
+        metrics::counter!("ferrite_gateway_origin_refused_total").increment(1);
+        tracing::warn!(origin = refusal.origin(), "refused a WebSocket from another origin: {refusal}");
+        return (StatusCode::FORBIDDEN, refusal.to_string()).into_response();
+    }
+    let Some(browser) = state.browser_permit() else {
+        metrics::counter!("ferrite_gateway_browsers_refused_total").increment(1);
+        let message = format!(
+            "too many browsers: this gateway serves at most {} at once (--max-browsers / FERRITE_MAX_BROWSERS)",
+            state.max_browsers()
+        );
+        tracing::warn!("{message}");
+        return (StatusCode::SERVICE_UNAVAILABLE, message).into_response();
+    };
     let bearer = headers
         .get(http::header::AUTHORIZATION)
         .and_then(|value| value.to_str().ok())
@@ -90,6 +106,7 @@ async fn dashboard(
     upgrade.max_message_size(MAX_REQUEST_BYTES).max_frame_size(MAX_REQUEST_BYTES).on_upgrade(move |socket| {
         let (sink, stream) = socket.split();
         tracker.track_future(async move {
+            let _browser = browser;
             state.policy().admit(&info).await;
             client::serve(state, info, sink, stream).await
         })

@@ -27,6 +27,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use bytes::Bytes;
 use ferrite_core::filter_matches;
 use ferrite_mqtt::{Filter, QoS, RetainForwardRule, Session};
+use futures::FutureExt;
+use futures::future::{BoxFuture, Shared};
 
 use crate::policy::ClientInfo;
 use crate::protocol::Frame;
@@ -65,9 +67,17 @@ struct ClientEntry {
 }
 
 struct FilterEntry {
-    /// The browsers subscribed; the broker subscription lives while this is not empty.
+    /// The browsers subscribed, which receive its messages.
     subscribers: Vec<ClientId>,
+    /// The browsers that asked for it and wait for the broker's grant; the broker subscription lives while
+    /// `subscribers` or `waiting` is not empty.
+    waiting: Vec<ClientId>,
+    /// The broker's answer to our SUBSCRIBE; shared, so later browsers find it answered at once.
+    grant: GrantFuture,
 }
+
+/// The broker's answer for one filter: `Ok` when granted, `Err` with the reason otherwise.
+pub type GrantFuture = Shared<BoxFuture<'static, Result<(), String>>>;
 
 /// A retained message as the broker holds it, and as browsers receive it.
 struct Retained {
@@ -149,17 +159,37 @@ impl Hub {
         metrics::gauge!("ferrite_gateway_clients").set(self.clients.len() as f64);
     }
 
-    /// Subscribes a browser to `filters` (already validated) and returns the frames of the retained
-    /// messages matching any of them, each topic once, sorted by topic.
-    pub fn subscribe(&mut self, client: ClientId, filters: &[String]) -> Result<Vec<Frame>, SubscribeError> {
+    /// Takes a browser's request for `filters` (already validated, each once) and returns, per filter it did not
+    /// hold yet, the broker's grant to wait for: the browser receives the filter's messages only once
+    /// [`Hub::activate`] is called, after the grant (a filter another browser holds is granted already).
+    pub fn subscribe(
+        &mut self,
+        client: ClientId,
+        filters: &[String],
+    ) -> Result<Vec<(String, GrantFuture)>, SubscribeError> {
         let Some(entry) = self.clients.get_mut(&client) else { return Ok(Vec::new()) };
-        let fresh: BTreeSet<&String> = filters.iter().filter(|filter| !entry.filters.contains(*filter)).collect();
+        let fresh: Vec<&String> = filters.iter().filter(|filter| !entry.filters.contains(*filter)).collect();
         if entry.filters.len() + fresh.len() > self.max_filters_per_client {
             return Err(SubscribeError::TooMany(self.max_filters_per_client));
         }
         entry.filters.extend(fresh.iter().map(|filter| (*filter).clone()));
-        for filter in fresh {
-            self.acquire(client, filter);
+        Ok(fresh.into_iter().map(|filter| (filter.clone(), self.acquire(client, filter))).collect())
+    }
+
+    /// The broker granted what `client` waited for: it receives those filters' messages from now on.
+    /// Returns the frames of the retained messages matching any of `filters` (all it asked for, held before or
+    /// not), each topic once, sorted by topic.
+    pub fn activate(&mut self, client: ClientId, filters: &[String]) -> Vec<Frame> {
+        if !self.clients.contains_key(&client) {
+            return Vec::new();
+        }
+        for filter in filters {
+            if let Some(entry) = self.filters.get_mut(filter)
+                && let Some(pos) = entry.waiting.iter().position(|waiting| *waiting == client)
+            {
+                entry.waiting.swap_remove(pos);
+                entry.subscribers.push(client);
+            }
         }
         let mut matching: Vec<(&String, &Retained)> = self
             .retained
@@ -167,7 +197,7 @@ impl Hub {
             .filter(|(topic, _)| filters.iter().any(|filter| filter_matches(filter, topic)))
             .collect();
         matching.sort_unstable_by(|a, b| a.0.cmp(b.0));
-        Ok(matching.into_iter().flat_map(|(_, retained)| retained.frames.iter().cloned()).collect())
+        matching.into_iter().flat_map(|(_, retained)| retained.frames.iter().cloned()).collect()
     }
 
     /// Unsubscribes a browser from `filters`; filters it does not hold are ignored, as MQTT does.
@@ -183,29 +213,50 @@ impl Hub {
         }
     }
 
-    /// One more browser wants `filter`; the first one makes the broker subscription.
-    fn acquire(&mut self, client: ClientId, filter: &str) {
+    /// One more browser waits for `filter`; the first one makes the broker subscription.
+    fn acquire(&mut self, client: ClientId, filter: &str) -> GrantFuture {
         if let Some(entry) = self.filters.get_mut(filter) {
-            entry.subscribers.push(client);
-            return;
+            entry.waiting.push(client);
+            return entry.grant.clone();
         }
-        self.filters.insert(filter.to_owned(), FilterEntry { subscribers: vec![client] });
         let mut mqtt = Filter::new(filter, QoS::AtLeastOnce);
         // Keep the retain flag of live messages, so the cache also follows retained values published later;
         // and have the broker send the retained messages at once, for the browser that asked.
         mqtt.preserve_retain = true;
         mqtt.retain_forward_rule = RetainForwardRule::OnEverySubscribe;
-        if self.session.subscribe_filter(mqtt).is_err() {
-            tracing::warn!(filter, "the mqtt session has stopped; cannot subscribe");
-        }
+        let grant: BoxFuture<'static, Result<(), String>> = match self.session.subscribe_granted(mqtt) {
+            Ok(grant) => Box::pin(async move {
+                match grant.await {
+                    Ok(Ok(_qos)) => Ok(()),
+                    Ok(Err(reason)) => Err(format!("the broker refused it ({reason})")),
+                    Err(_) => Err("the gateway's broker session ended before the broker answered".to_owned()),
+                }
+            }),
+            Err(_) => {
+                tracing::warn!(filter, "the mqtt session has stopped; cannot subscribe");
+                Box::pin(std::future::ready(Err("the gateway's broker session has stopped".to_owned())))
+            }
+        };
+        let grant = grant.shared();
+        self.filters.insert(
+            filter.to_owned(),
+            FilterEntry { subscribers: Vec::new(), waiting: vec![client], grant: grant.clone() },
+        );
         metrics::gauge!("ferrite_gateway_subscriptions").set(self.filters.len() as f64);
+        grant
+    }
+
+    /// `client` gives up `filters` it waited for (refused, or not answered in time): as if it unsubscribed.
+    pub fn abandon(&mut self, client: ClientId, filters: &[String]) {
+        self.unsubscribe(client, filters);
     }
 
     /// One browser less wants `filter`; the last one removes the broker subscription. True when it did.
     fn release(&mut self, client: ClientId, filter: &str) -> bool {
         let Entry::Occupied(mut entry) = self.filters.entry(filter.to_owned()) else { return false };
         entry.get_mut().subscribers.retain(|subscriber| *subscriber != client);
-        if !entry.get().subscribers.is_empty() {
+        entry.get_mut().waiting.retain(|waiting| *waiting != client);
+        if !entry.get().subscribers.is_empty() || !entry.get().waiting.is_empty() {
             return false;
         }
         entry.remove();
@@ -313,8 +364,11 @@ impl Hub {
 
     /// The filters subscribed at the broker, with how many browsers hold each, sorted.
     pub fn subscriptions(&self) -> Vec<(String, usize)> {
-        let mut subscriptions: Vec<(String, usize)> =
-            self.filters.iter().map(|(filter, entry)| (filter.clone(), entry.subscribers.len())).collect();
+        let mut subscriptions: Vec<(String, usize)> = self
+            .filters
+            .iter()
+            .map(|(filter, entry)| (filter.clone(), entry.subscribers.len() + entry.waiting.len()))
+            .collect();
         subscriptions.sort_unstable();
         subscriptions
     }
@@ -358,6 +412,11 @@ mod tests {
         frames
     }
 
+    /// Subscribes and activates at once, as if the broker had granted everything.
+    fn subscribe(hub: &mut Hub, client: ClientId, filters: &[String]) -> Result<Vec<Frame>, SubscribeError> {
+        hub.subscribe(client, filters).map(|_| hub.activate(client, filters))
+    }
+
     fn strings(items: &[&str]) -> Vec<String> {
         items.iter().map(|item| (*item).to_owned()).collect()
     }
@@ -367,10 +426,10 @@ mod tests {
         let mut hub = hub();
         let (a, _rx_a) = client(&mut hub, 8);
         let (b, _rx_b) = client(&mut hub, 8);
-        hub.subscribe(a, &strings(&["sensors/#", "alerts/+"])).expect("within the limit");
-        hub.subscribe(b, &strings(&["sensors/#"])).expect("within the limit");
+        subscribe(&mut hub, a, &strings(&["sensors/#", "alerts/+"])).expect("within the limit");
+        subscribe(&mut hub, b, &strings(&["sensors/#"])).expect("within the limit");
         // Subscribing twice to one filter does not count twice.
-        hub.subscribe(b, &strings(&["sensors/#"])).expect("within the limit");
+        subscribe(&mut hub, b, &strings(&["sensors/#"])).expect("within the limit");
         assert_eq!(hub.subscriptions(), vec![("alerts/+".into(), 1), ("sensors/#".into(), 2)]);
         hub.unsubscribe(a, &strings(&["sensors/#", "never/subscribed"]));
         assert_eq!(hub.subscriptions(), vec![("alerts/+".into(), 1), ("sensors/#".into(), 1)]);
@@ -384,10 +443,10 @@ mod tests {
     async fn limits_filters_per_client() {
         let mut hub = hub();
         let (a, _rx) = client(&mut hub, 8);
-        hub.subscribe(a, &strings(&["a", "b", "c", "d"])).expect("exactly the limit");
-        assert_eq!(hub.subscribe(a, &strings(&["e"])), Err(SubscribeError::TooMany(4)));
+        subscribe(&mut hub, a, &strings(&["a", "b", "c", "d"])).expect("exactly the limit");
+        assert_eq!(subscribe(&mut hub, a, &strings(&["e"])), Err(SubscribeError::TooMany(4)));
         // Filters it already holds do not count again.
-        assert!(hub.subscribe(a, &strings(&["a"])).is_ok());
+        assert!(subscribe(&mut hub, a, &strings(&["a"])).is_ok());
         assert_eq!(hub.filter_count(a), 4);
     }
 
@@ -396,8 +455,8 @@ mod tests {
         let mut hub = hub();
         let (a, mut rx_a) = client(&mut hub, 8);
         let (b, mut rx_b) = client(&mut hub, 8);
-        hub.subscribe(a, &strings(&["sensors/#", "sensors/+/temperature"])).expect("ok");
-        hub.subscribe(b, &strings(&["sensors/+/temperature"])).expect("ok");
+        subscribe(&mut hub, a, &strings(&["sensors/#", "sensors/+/temperature"])).expect("ok");
+        subscribe(&mut hub, b, &strings(&["sensors/+/temperature"])).expect("ok");
         deliver(&mut hub, "sensors/d/temperature", false, "both");
         deliver(&mut hub, "sensors/d/humidity", false, "a only");
         deliver(&mut hub, "devices/d/status", false, "nobody");
@@ -409,13 +468,13 @@ mod tests {
     async fn a_replayed_retained_value_is_not_sent_again() {
         let mut hub = hub();
         let (a, mut rx_a) = client(&mut hub, 8);
-        hub.subscribe(a, &strings(&["devices/+/status"])).expect("ok");
+        subscribe(&mut hub, a, &strings(&["devices/+/status"])).expect("ok");
         deliver(&mut hub, "devices/d/status", true, "online");
         assert_eq!(drain(&mut rx_a), ["online"]);
         // Another browser subscribes to an overlapping filter, new at the broker: it has the value from the
         // cache, and the broker's replay of it reaches nobody a second time.
         let (b, mut rx_b) = client(&mut hub, 8);
-        let snapshot = hub.subscribe(b, &strings(&["devices/d/status"])).expect("ok");
+        let snapshot = subscribe(&mut hub, b, &strings(&["devices/d/status"])).expect("ok");
         assert_eq!(snapshot.iter().map(|frame| frame.as_str()).collect::<Vec<_>>(), ["online"]);
         assert!(deliver(&mut hub, "devices/d/status", true, "online").known);
         assert!(drain(&mut rx_a).is_empty());
@@ -431,7 +490,7 @@ mod tests {
     async fn serves_retained_values_on_subscribe() {
         let mut hub = hub();
         let (a, _rx_a) = client(&mut hub, 8);
-        hub.subscribe(a, &strings(&["devices/+/status", "sensors/#"])).expect("ok");
+        subscribe(&mut hub, a, &strings(&["devices/+/status", "sensors/#"])).expect("ok");
         deliver(&mut hub, "devices/d2/status", true, "d2 online");
         deliver(&mut hub, "devices/d1/status", true, "d1 online");
         deliver(&mut hub, "sensors/d1/t", true, "21.5");
@@ -439,13 +498,13 @@ mod tests {
         assert_eq!(hub.retained_len(), 3);
 
         let (b, _rx_b) = client(&mut hub, 8);
-        let snapshot = hub.subscribe(b, &strings(&["devices/+/status", "devices/d1/#"])).expect("ok");
+        let snapshot = subscribe(&mut hub, b, &strings(&["devices/+/status", "devices/d1/#"])).expect("ok");
         let snapshot: Vec<&str> = snapshot.iter().map(|frame| frame.as_str()).collect();
         assert_eq!(snapshot, ["d1 online", "d2 online"]);
 
         // A retained message with an empty payload deletes the value.
         deliver(&mut hub, "devices/d1/status", true, "");
-        let snapshot = hub.subscribe(b, &strings(&["devices/+/status"])).expect("ok");
+        let snapshot = subscribe(&mut hub, b, &strings(&["devices/+/status"])).expect("ok");
         assert_eq!(snapshot.iter().map(|frame| frame.as_str()).collect::<Vec<_>>(), ["d2 online"]);
 
         // Values no filter covers any more are forgotten.
@@ -456,7 +515,7 @@ mod tests {
 
         // A reconnect starts the cache again.
         let (c, _rx_c) = client(&mut hub, 8);
-        hub.subscribe(c, &strings(&["#"])).expect("ok");
+        subscribe(&mut hub, c, &strings(&["#"])).expect("ok");
         deliver(&mut hub, "x", true, "1");
         hub.on_connected();
         assert_eq!(hub.retained_len(), 0);
@@ -467,8 +526,8 @@ mod tests {
         let mut hub = hub();
         let (slow, _rx_slow) = client(&mut hub, 2);
         let (fast, mut rx_fast) = client(&mut hub, 2);
-        hub.subscribe(slow, &strings(&["t"])).expect("ok");
-        hub.subscribe(fast, &strings(&["t"])).expect("ok");
+        subscribe(&mut hub, slow, &strings(&["t"])).expect("ok");
+        subscribe(&mut hub, fast, &strings(&["t"])).expect("ok");
         let mut total = Delivered::default();
         for n in 0..5 {
             let delivered = deliver(&mut hub, "t", false, &n.to_string());

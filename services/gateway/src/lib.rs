@@ -16,6 +16,8 @@
 //! - `queue`: one browser's bounded queue of updates, filled by the hub and emptied by its writer.
 //! - [`filter`]: MQTT filter validation and matching.
 //! - [`policy`]: [`PublishPolicy`], who may publish from a browser (everyone, until the registry's tokens).
+//! - [`origin`]: [`OriginPolicy`], which web pages may open `/dashboard` (same origin, or `--allowed-origins`).
+//! - `server`: the HTTP/1 accept loop with its bounds (header-read timeout, connection cap).
 //! - `assets`: the dashboard's files (`assets/` in this crate), embedded in the binary.
 
 mod assets;
@@ -23,28 +25,31 @@ pub mod client;
 pub mod filter;
 pub mod http;
 mod hub;
+pub mod origin;
 pub mod policy;
 pub mod protocol;
 mod queue;
+mod server;
 
 use std::fmt;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use axum::serve::ListenerExt;
 use chrono::Utc;
 use ferrite_mqtt::{BrokerUrl, Event, Session, SessionConfig};
 
 use crate::hub::Hub;
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use http::router;
 pub use hub::ClientStats;
+pub use origin::{AllowedOrigin, OriginPolicy};
 pub use policy::{AdmitFuture, AllowAll, ClientInfo, PublishPolicy};
+pub use server::{HEADER_READ_TIMEOUT, HTTP_HEADROOM};
 
 /// The dashboard's port of DESIGN.md, on loopback: like the broker, safe by default.
 pub const DEFAULT_HTTP_ADDR: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 8080));
@@ -64,6 +69,12 @@ pub const MAX_MQTT_PACKET: u32 = ferrite_core::limits::MAX_RECEIVED_PACKET_SIZE;
 
 /// Most filters one browser may hold at once; the dashboard needs a handful, and this bounds a runaway page.
 pub const MAX_FILTERS_PER_CLIENT: usize = 256;
+
+/// Browsers (WebSocket connections on `/dashboard`) served at once; one more is refused with 503 and counted.
+/// Each costs a queue of up to [`DEFAULT_CLIENT_QUEUE`] frames (pointers) and two tasks: a thousand browsers on
+/// one update is what the gateway is tested with, and the cap keeps the file descriptors they take (with
+/// [`HTTP_HEADROOM`]) well under what the broker in the same process needs. `--max-browsers` / `FERRITE_MAX_BROWSERS`.
+pub const DEFAULT_MAX_BROWSERS: usize = 1024;
 
 /// How long browsers get to receive their close frames at shutdown.
 const CLIENT_CLOSE_GRACE: Duration = Duration::from_secs(5);
@@ -85,6 +96,10 @@ pub struct Config {
     pub client_queue: usize,
     /// Who may publish from a browser; [`AllowAll`] by default.
     pub publish_policy: Arc<dyn PublishPolicy>,
+    /// Origins of pages served elsewhere that may open `/dashboard` (`--allowed-origins`); see [`origin`].
+    pub allowed_origins: Vec<AllowedOrigin>,
+    /// Browsers served at once; see [`DEFAULT_MAX_BROWSERS`].
+    pub max_browsers: usize,
 }
 
 impl Config {
@@ -98,6 +113,8 @@ impl Config {
             client_id: format!("ferrite-gateway-{:08x}", fastrand::u32(..)),
             client_queue: DEFAULT_CLIENT_QUEUE,
             publish_policy: Arc::new(AllowAll),
+            allowed_origins: Vec::new(),
+            max_browsers: DEFAULT_MAX_BROWSERS,
         }
     }
 }
@@ -111,6 +128,8 @@ impl fmt::Debug for Config {
             .field("username", &self.credentials.as_ref().map(|(user, _)| user))
             .field("client_id", &self.client_id)
             .field("client_queue", &self.client_queue)
+            .field("allowed_origins", &self.allowed_origins)
+            .field("max_browsers", &self.max_browsers)
             .finish_non_exhaustive()
     }
 }
@@ -136,6 +155,10 @@ struct Shared {
     hub: Mutex<Hub>,
     session: Session,
     policy: Arc<dyn PublishPolicy>,
+    origins: OriginPolicy,
+    /// One permit per browser served; see [`Config::max_browsers`].
+    browsers: Arc<Semaphore>,
+    max_browsers: usize,
     client_queue: usize,
     /// Cancelled when the gateway shuts down: every browser is sent a close frame.
     closing: CancellationToken,
@@ -168,6 +191,19 @@ impl GatewayState {
         self.shared.policy.as_ref()
     }
 
+    pub(crate) fn origins(&self) -> &OriginPolicy {
+        &self.shared.origins
+    }
+
+    /// A browser's place, or `None` when [`Config::max_browsers`] are served already.
+    pub(crate) fn browser_permit(&self) -> Option<OwnedSemaphorePermit> {
+        self.shared.browsers.clone().try_acquire_owned().ok()
+    }
+
+    pub(crate) fn max_browsers(&self) -> usize {
+        self.shared.max_browsers
+    }
+
     pub(crate) fn client_queue(&self) -> usize {
         self.shared.client_queue
     }
@@ -197,6 +233,9 @@ impl Gateway {
         if config.client_id.is_empty() {
             return Err(GatewayError::InvalidConfig("the mqtt client id must not be empty".into()));
         }
+        if config.max_browsers == 0 {
+            return Err(GatewayError::InvalidConfig("the gateway must serve at least one browser".into()));
+        }
         let listener = TcpListener::bind(config.http_addr)
             .await
             .map_err(|source| GatewayError::Bind { addr: config.http_addr, source })?;
@@ -204,10 +243,18 @@ impl Gateway {
         session_config.credentials = config.credentials.clone();
         session_config.max_packet_size = Some(MAX_MQTT_PACKET);
         let (session, events) = Session::start(session_config);
+        let loopback = listener.local_addr().map_err(|source| GatewayError::Bind { addr: config.http_addr, source })?;
+        let origins = OriginPolicy::new(config.allowed_origins, loopback.ip().is_loopback());
+        if origins.admits_any() {
+            tracing::warn!("--allowed-origins has '*': every web page the user visits may open /dashboard");
+        }
         let shared = Shared {
             hub: Mutex::new(Hub::new(session.clone(), MAX_FILTERS_PER_CLIENT)),
             session,
             policy: config.publish_policy,
+            origins,
+            browsers: Arc::new(Semaphore::new(config.max_browsers)),
+            max_browsers: config.max_browsers,
             client_queue: config.client_queue,
             closing: CancellationToken::new(),
             tracker: TaskTracker::new(),
@@ -234,21 +281,13 @@ impl Gateway {
         tracing::info!(%addr, "gateway listening; dashboard at http://{addr}/");
         let pump = tokio::spawn(pump(events, state.clone()));
         let closing = state.closing().clone();
-        let app = router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
-        // Frames are small and written as soon as they are due: with Nagle's algorithm on, a write behind an
-        // unacknowledged one waits for the browser's delayed ACK (40 ms on Linux), which was most of the p99.
-        let listener = listener.tap_io(|tcp| {
-            if let Err(error) = tcp.set_nodelay(true) {
-                tracing::debug!(%error, "cannot set TCP_NODELAY on a browser connection");
-            }
-        });
-        let served = axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                shutdown.cancelled().await;
-                // Upgraded connections are not the HTTP server's to wait for: tell the browsers ourselves.
-                closing.cancel();
-            })
-            .await;
+        let max_connections = state.max_browsers() + HTTP_HEADROOM;
+        let served = server::serve(listener, router(state.clone()), max_connections, async move {
+            shutdown.cancelled().await;
+            // Upgraded connections are not the HTTP server's to wait for: tell the browsers ourselves.
+            closing.cancel();
+        })
+        .await;
         state.closing().cancel();
         let tracker = state.tracker();
         tracker.close();

@@ -9,8 +9,14 @@
 //!   base64 with `"encoding": "base64"`. A payload under `sensors/`, `devices/+/status` or `alerts/` that does
 //!   not parse is sent this way too, with `error` saying why, so nothing a browser watches disappears silently.
 //!
-//! `subscribed` lists the filters the gateway took, at once; a filter new at the broker carries live messages a
-//! moment later, once the broker has the subscription, and its retained values follow as the broker replays them.
+//! `subscribed` lists the filters the broker has granted: it comes once the broker's SUBACK has (at once for a
+//! filter another browser holds already), so a message published after it reaches the browser. The retained
+//! values the gateway holds follow it, and those the broker replays for a filter new at the broker come as they
+//! arrive. A filter the broker refuses, or does not answer for in time, gets an `error` naming it instead.
+//! A `subscribe` or `unsubscribe` carries at most [`crate::client::MAX_TOPICS_PER_REQUEST`] topics.
+//!
+//! Browsers may not publish with retain under `commands/`, `devices/`, `sensors/` or `alerts/`
+//! ([`crate::client::NO_RETAIN_FROM_BROWSERS`]): such a publish is refused with an `error`, not sent without retain.
 //!
 //! Browsers publish with `{"type": "publish", "topic", "payload", "qos", "retain"}`: `payload` is text,
 //! or any other JSON value (sent as its compact JSON text), or base64 with `"encoding": "base64"`;
@@ -299,8 +305,9 @@ pub fn parse_request(text: &str) -> Result<Request, String> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+    use proptest::prelude::*;
     use serde_json::json;
 
     fn now() -> DateTime<Utc> {
@@ -461,5 +468,87 @@ mod tests {
             r#"{"type":"subscribed","topics":["a/#"]}"#
         );
         assert_eq!(error_frame("bad").as_str(), r#"{"type":"error","message":"bad"}"#);
+    }
+
+    /// Any JSON value, nested a few levels.
+    pub(crate) fn json_value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            any::<f64>().prop_map(|n| serde_json::Number::from_f64(n).map_or(Value::Null, Value::Number)),
+            ".{0,12}".prop_map(Value::String),
+        ];
+        leaf.prop_recursive(3, 24, 6, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+                prop::collection::btree_map(".{0,8}", inner, 0..6)
+                    .prop_map(|map| Value::Object(map.into_iter().collect())),
+            ]
+        })
+    }
+
+    /// Requests near the real ones: the real keys and types, with any values and sometimes an extra key.
+    pub(crate) fn near_request() -> impl Strategy<Value = Value> {
+        let kind =
+            prop_oneof![Just(json!("subscribe")), Just(json!("unsubscribe")), Just(json!("publish")), json_value(),];
+        let topics = prop_oneof![
+            prop::collection::vec(prop_oneof![Just("sensors/+/t".to_owned()), "[a-z/+#$]{0,10}", ".{0,6}"], 0..6)
+                .prop_map(|topics| json!(topics)),
+            json_value(),
+        ];
+        let topic = prop_oneof!["[a-z/+#$]{0,10}".prop_map(Value::String), json_value()];
+        let field = |name: &'static str, value: BoxedStrategy<Value>| {
+            prop::option::of(value).prop_map(move |value| value.map(|value| (name.to_owned(), value)))
+        };
+        (
+            kind,
+            field("topics", topics.boxed()),
+            field("topic", topic.boxed()),
+            field("payload", json_value().boxed()),
+            field("qos", prop_oneof![(0u64..4).prop_map(Value::from), json_value()].boxed()),
+            field("retain", prop_oneof![any::<bool>().prop_map(Value::Bool), json_value()].boxed()),
+            field("encoding", prop_oneof![Just(json!("base64")), json_value()].boxed()),
+            field("extra", json_value().boxed()),
+        )
+            .prop_map(|(kind, a, b, c, d, e, f, g)| {
+                let mut object = serde_json::Map::new();
+                object.insert("type".to_owned(), kind);
+                for (name, value) in [a, b, c, d, e, f, g].into_iter().flatten() {
+                    object.insert(name, value);
+                }
+                Value::Object(object)
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(20_000))]
+
+        /// Any text: a request or an error message, never a panic.
+        #[test]
+        fn any_text_is_a_request_or_an_error(text in ".{0,64}") {
+            if let Err(message) = parse_request(&text) {
+                prop_assert!(!message.is_empty());
+            }
+        }
+
+        /// Any JSON, and near-requests: a decoded request keeps the protocol's rules, anything else is an error.
+        #[test]
+        fn any_json_is_a_valid_request_or_an_error(value in prop_oneof![json_value(), near_request()]) {
+            match parse_request(&value.to_string()) {
+                Ok(Request::Subscribe { topics } | Request::Unsubscribe { topics }) => prop_assert!(!topics.is_empty()),
+                Ok(Request::Publish(publish)) => prop_assert!(publish.qos <= 2),
+                Err(message) => prop_assert!(!message.is_empty()),
+            }
+        }
+
+        /// Rendering any message from the broker never panics, and every frame is JSON with a type.
+        #[test]
+        fn any_mqtt_message_renders(topic in "[a-z/+#$]{0,12}|sensors/[a-z]{1,4}(/[a-z]{1,4})?|alerts/d|devices/d/status", payload in prop::collection::vec(any::<u8>(), 0..64)) {
+            for frame in render(&topic, &payload, None, now()) {
+                let value: Value = serde_json::from_str(frame.as_str()).expect("frames are JSON");
+                prop_assert!(value["type"].is_string());
+            }
+        }
     }
 }

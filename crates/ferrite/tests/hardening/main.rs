@@ -2,10 +2,13 @@
 //! `ferrite up` as a user would and attacks it as a device, a browser or an API client could.
 //!
 //! - `api`: hostile query parameters and slow clients against the registry's REST and gRPC APIs.
+//! - `browser`: the gateway's `/dashboard` (Origin, `subscribed` after the broker's grant, retained commands,
+//!   the browser cap, half-open HTTP connections).
 //! - `support`: one `ferrite up` on free ports, its addresses read from the banner, its database.
 //! - `ingest`: poison messages and input bounds of the ingestion path (items 1 to 3).
 
 mod api;
+mod browser;
 mod ingest;
 mod support;
 

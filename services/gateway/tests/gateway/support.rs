@@ -69,9 +69,9 @@ impl Harness {
         Mqtt::connect(self.broker.url()).await
     }
 
-    /// Waits until the filters `browser` subscribed to so far are live at the broker: the gateway subscribes
-    /// in order and the broker handles one connection's packets in order, so once a probe subscribed after
-    /// them gets through, they do too. `subscribed` itself only says the gateway took the filters.
+    /// Waits until the filters `browser` subscribed to so far are live at the broker, by a probe that gets
+    /// through. `subscribed` comes after the broker's SUBACK, so this is a second check, kept for tests that
+    /// must not depend on that (the hardening test of the binary checks `subscribed` alone).
     pub async fn wait_live(&self, browser: &mut Browser, mqtt: &Mqtt) -> anyhow::Result<()> {
         let probe = format!("probe/{}", unique());
         // Frames may be on their way (another browser's probes, for one subscribed to `#`): skip to the reply.
