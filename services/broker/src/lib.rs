@@ -11,6 +11,7 @@
 //!   subscriptions) and listeners, and the orderly close of connections at shutdown.
 //! - `hooks`: rmqtt hooks that ask the [`Authorizer`], and that keep the takeover of a persistent session
 //!   (a client reconnecting under its id) from losing messages, which rmqtt 0.24 alone does.
+//! - [`Clients`] (`clients`): whether a client id is connected, and closing clients' connections.
 //! - `logging`: rmqtt's `log` records into `tracing`, quietly.
 //!
 //! # Limits measured in rmqtt 0.24
@@ -31,6 +32,7 @@
 #![forbid(unsafe_code)]
 
 pub mod auth;
+mod clients;
 mod engine;
 mod hooks;
 mod logging;
@@ -46,6 +48,7 @@ use tokio::runtime::Runtime;
 use tokio_util::sync::CancellationToken;
 
 pub use auth::{AllowAll, AuthDecision, Authorizer, BoxFuture, DenyReason, Identity, Principal};
+pub use clients::Clients;
 
 /// The standard MQTT port.
 pub const DEFAULT_MQTT_PORT: u16 = 1883;
@@ -202,6 +205,12 @@ impl Broker {
     /// The address of the MQTT listener (TCP).
     pub fn mqtt_addr(&self) -> SocketAddr {
         self.engine.mqtt_addr
+    }
+
+    /// A handle on the connected clients (is one connected, close some), for the services beside the broker.
+    /// It stays usable while [`Broker::run`] serves.
+    pub fn clients(&self) -> Clients {
+        Clients::new(self.engine.scx.clone(), self.runtime.handle().clone())
     }
 
     /// The address of the MQTT-over-WebSocket listener, if enabled.

@@ -52,7 +52,7 @@ pub use model::{
 };
 pub use presence::PresenceListener;
 pub use rest::openapi;
-pub use service::RegistryService;
+pub use service::{DeviceConnections, RegistryService};
 
 use crate::access::ApiAccess;
 use crate::grpc::GrpcFace;

@@ -3,6 +3,7 @@
 //!
 //! - `support`: one `ferrite up` on free ports, its addresses read from the banner, its database.
 
+mod identity;
 mod support;
 
 use support::Platform;

@@ -1,0 +1,194 @@
+//! Who a client is and what that lets it do, through the real binary: presence for commands (item 8),
+//! deleted and rotated devices losing their connection, client-id namespaces and the rights of anonymous clients
+//! (over TCP and WebSocket), foreign Origins on the broker's WebSocket (item 5), and the CONNECT authentication
+//! budget under a flood of wrong passwords.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+
+use anyhow::Context;
+use ferrite_testkit::{http_request, wait_for};
+use serde_json::json;
+
+use crate::support::{Platform, mosquitto_client};
+
+/// Registers a device over REST; returns its secret.
+async fn create_device(platform: &Platform, id: &str) -> anyhow::Result<String> {
+    let body = json!({"id": id}).to_string();
+    let created =
+        http_request("POST", &format!("{}/devices", platform.api), None, Some(("application/json", &body))).await?;
+    anyhow::ensure!(
+        created.status == 201,
+        "creating {id}: {} {}",
+        created.status,
+        String::from_utf8_lossy(&created.body)
+    );
+    created.json()["credentials"]["secret"].as_str().map(str::to_owned).context("a secret in the reply")
+}
+
+/// `mosquitto_sub` connected as a device (MQTT 5), once its CONNACK arrived.
+fn subscribe_as_device(platform: &Platform, id: &str, secret: &str) -> anyhow::Result<Child> {
+    let (host, port) = platform.mqtt_host_port();
+    // Line-buffered, so that its "received CONNACK" line arrives while it runs (a pipe is block-buffered).
+    let mut child = Command::new("stdbuf")
+        .args([
+            "-oL",
+            "mosquitto_sub",
+            "-d",
+            "-V",
+            "5",
+            "-h",
+            host,
+            "-p",
+            &port.to_string(),
+            "-i",
+            id,
+            "-u",
+            id,
+            "-P",
+            secret,
+        ])
+        .args(["-t", &format!("commands/{id}"), "-q", "1", "-c", "-x", "3600"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("cannot run mosquitto_sub: install the Mosquitto clients (apt-get install mosquitto-clients)")?;
+    let stdout = child.stdout.take().context("stdout is piped")?;
+    let mut lines = BufReader::new(stdout).lines();
+    loop {
+        let Some(line) = lines.next() else {
+            anyhow::bail!("mosquitto_sub for {id} ended before it was connected");
+        };
+        if line?.contains("CONNACK (0)") {
+            break;
+        }
+    }
+    // Keep draining its output so that it never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines.map_while(Result::ok) {});
+    Ok(child)
+}
+
+/// Waits until `child` exits (it should, within seconds); kills it if it does not.
+async fn wait_for_exit(child: &mut Child, what: &str) -> anyhow::Result<()> {
+    let outcome = wait_for(what, || std::future::ready(matches!(child.try_wait(), Ok(Some(_))))).await;
+    if outcome.is_err() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    outcome
+}
+
+/// One QoS 1 publish with `mosquitto_pub`; whether it exited with success.
+fn publish(platform: &Platform, extra: &[&str], topic: &str) -> std::process::Output {
+    let (host, port) = platform.mqtt_host_port();
+    let port = port.to_string();
+    let mut args = vec!["-h", host, "-p", &port, "-t", topic, "-m", "1", "-q", "1"];
+    args.extend(extra);
+    mosquitto_client("mosquitto_pub", &args)
+}
+
+fn text(output: &std::process::Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr))
+}
+
+/// Item 8: the commands API asks the broker who is connected, so a command sent as soon as `ferrite up` is ready
+/// reaches a fleet device and is answered, instead of being left `pending` until the ingester's presence catches up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_right_after_up_reaches_a_connected_fleet_device() -> anyhow::Result<()> {
+    let platform = Platform::up(&["--fleet", "2"]).await?;
+    let body = json!({"name": "ping", "timeout": "20s"}).to_string();
+    let sent = http_request(
+        "POST",
+        &format!("{}/devices/sim-0001/commands", platform.api),
+        None,
+        Some(("application/json", &body)),
+    )
+    .await?;
+    let command = sent.json();
+    assert_eq!(sent.status, 200, "{command}");
+    assert_eq!(command["state"], "ok", "a connected device's command is sent and answered: {command}");
+    platform.stop().await?;
+    Ok(())
+}
+
+/// Deleting a device closes its live connection within seconds, and its old secret no longer connects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_device_closes_its_connection() -> anyhow::Result<()> {
+    let platform = Platform::up(&[]).await?;
+    let secret = create_device(&platform, "doomed-1").await?;
+    let mut device = subscribe_as_device(&platform, "doomed-1", &secret)?;
+
+    let deleted = http_request("DELETE", &format!("{}/devices/doomed-1", platform.api), None, None).await?;
+    assert_eq!(deleted.status, 204, "{}", String::from_utf8_lossy(&deleted.body));
+    // mosquitto_sub reconnects after losing its connection, is refused, and exits.
+    wait_for_exit(&mut device, "the deleted device's mosquitto_sub to be disconnected and refused").await?;
+    let again = publish(&platform, &["-i", "doomed-1", "-u", "doomed-1", "-P", &secret], "sensors/doomed-1/t");
+    assert!(!again.status.success(), "the deleted device's secret still connects: {}", text(&again));
+    platform.stop().await?;
+    Ok(())
+}
+
+/// Rotating a device's secret closes the connections made with the old one; the new one connects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotating_a_secret_closes_the_connection_made_with_the_old_one() -> anyhow::Result<()> {
+    let platform = Platform::up(&[]).await?;
+    let old = create_device(&platform, "leaky-1").await?;
+    let mut device = subscribe_as_device(&platform, "leaky-1", &old)?;
+
+    let rotated = http_request("POST", &format!("{}/devices/leaky-1/credentials", platform.api), None, None).await?;
+    assert_eq!(rotated.status, 200, "{}", String::from_utf8_lossy(&rotated.body));
+    let new = rotated.json()["secret"].as_str().context("the new secret")?.to_owned();
+    wait_for_exit(&mut device, "the old secret's mosquitto_sub to be disconnected and refused").await?;
+    let old_again = publish(&platform, &["-i", "leaky-1", "-u", "leaky-1", "-P", &old], "sensors/leaky-1/t");
+    assert!(!old_again.status.success(), "the old secret still connects: {}", text(&old_again));
+    let new_one = publish(&platform, &["-i", "leaky-1", "-u", "leaky-1", "-P", &new], "sensors/leaky-1/t");
+    assert!(new_one.status.success(), "the new secret is refused: {}", text(&new_one));
+    platform.stop().await?;
+    Ok(())
+}
+
+/// Anonymous clients on the loopback broker keep the seed's rights (publish readings, subscribe to anything)
+/// but may not take a reserved client id, publish commands, or join a shared subscription.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anonymous_clients_cannot_take_platform_ids_publish_commands_or_join_shared_groups() -> anyhow::Result<()> {
+    let platform = Platform::up(&[]).await?;
+
+    let reading = publish(&platform, &["-V", "5"], "sensors/anon-probe/temperature");
+    assert!(reading.status.success(), "the seed's anonymous reading is refused: {}", text(&reading));
+    let mqttv311 = publish(&platform, &[], "sensors/anon-probe/temperature");
+    assert!(mqttv311.status.success(), "the seed's anonymous 3.1.1 reading is refused: {}", text(&mqttv311));
+
+    for id in ["ferrite-ingester", "ferrite-ingester-1", "ferrite-gateway-1", "ferrite-commands-1"] {
+        let taken = publish(&platform, &["-V", "5", "-i", id], "sensors/anon-probe/temperature");
+        assert!(!taken.status.success(), "an anonymous client connected as {id}: {}", text(&taken));
+        assert!(text(&taken).to_lowercase().contains("not authori"), "{id}: {}", text(&taken));
+    }
+
+    // mosquitto_pub reports a refused v5 publish ("Publish 1 failed: Not authorized.") but exits with 0.
+    let command = publish(&platform, &["-V", "5"], "commands/sim-0001");
+    assert!(text(&command).contains("Not authorized"), "an anonymous command was accepted: {}", text(&command));
+    let answer = publish(&platform, &["-V", "5"], "commands/sim-0001/response");
+    assert!(text(&answer).contains("Not authorized"), "an anonymous answer was accepted: {}", text(&answer));
+
+    let (host, port) = platform.mqtt_host_port();
+    let port = port.to_string();
+    for filter in ["$share/ingest/sensors/#", "$share/rules/sensors/#"] {
+        let joined = mosquitto_client(
+            "mosquitto_sub",
+            &["-V", "5", "-h", host, "-p", &port, "-t", filter, "-C", "1", "-W", "3", "-d"],
+        );
+        // mosquitto_sub -d prints the SUBACK's reason code: 135 (0x87) is "Not authorized".
+        assert!(
+            text(&joined).contains("Subscribed (mid: 1): 135"),
+            "an anonymous client joined {filter}: {}",
+            text(&joined)
+        );
+    }
+    let watched = mosquitto_client(
+        "mosquitto_sub",
+        &["-V", "5", "-h", host, "-p", &port, "-t", "sensors/#", "-C", "1", "-W", "2", "-d"],
+    );
+    assert!(text(&watched).contains("Subscribed (mid: 1): 0"), "watching sensors/# is refused: {}", text(&watched));
+    platform.stop().await?;
+    Ok(())
+}
