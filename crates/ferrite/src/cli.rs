@@ -168,6 +168,12 @@ pub struct BrokerArgs {
     pub allow_anonymous: bool,
     #[command(flatten)]
     pub secrets: ServiceSecrets,
+    /// Origins of web pages served elsewhere whose browsers may open the broker's MQTT WebSocket (/mqtt), comma
+    /// separated, as the browser sends them: e.g. https://dash.example.com,http://localhost:3000. Pages served from
+    /// the broker's own address and clients that send no Origin (mqtt.js in Node, Paho, scripts) need no entry;
+    /// "null" admits file:// pages and sandboxed frames, "*" every page (not recommended). Others get 403.
+    #[arg(long, env = "FERRITE_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Vec<String>,
 }
 
 /// How a service reaches the broker.
@@ -344,6 +350,12 @@ pub struct UpArgs {
     /// PostgreSQL to use instead of the private cluster.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
+    /// Origins of web pages served elsewhere whose browsers may open the broker's MQTT WebSocket (/mqtt), comma
+    /// separated, as the browser sends them: e.g. https://dash.example.com,http://localhost:3000. Pages served from
+    /// the broker's own address and clients that send no Origin (mqtt.js in Node, Paho, scripts) need no entry;
+    /// "null" admits file:// pages and sandboxed frames, "*" every page (not recommended). Others get 403.
+    #[arg(long, env = "FERRITE_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Vec<String>,
 }
 
 #[derive(Args, Debug, Clone)]

@@ -113,6 +113,7 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     ];
     let service = RegistryService::new(database.pool.clone());
     let mut broker_config = args.listen.broker_config(&args.data);
+    broker_config.allowed_origins = args.allowed_origins.clone();
     broker_config.authorizer =
         registry_authorizer(service.clone(), &broker_config, args.api.allow_anonymous, accounts)?;
     let broker = Broker::bind(broker_config).await.context("cannot start the broker")?;
@@ -276,6 +277,7 @@ async fn wait_until_connected(clients: &ferrite_broker::Clients, mut client_ids:
 async fn broker(args: BrokerArgs) -> anyhow::Result<()> {
     let shutdown = shutdown::on_signal();
     let mut config = args.listen.broker_config(&args.data);
+    config.allowed_origins = args.allowed_origins.clone();
     match &args.database_url {
         Some(url) => {
             let options = url.parse().context("DATABASE_URL is not a valid PostgreSQL URL")?;

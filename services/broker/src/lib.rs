@@ -36,6 +36,7 @@ mod clients;
 mod engine;
 mod hooks;
 mod logging;
+mod origin;
 mod router;
 
 use std::fmt;
@@ -88,6 +89,10 @@ pub struct Config {
     pub connect_timeout: Duration,
     /// Decides who may connect, publish and subscribe.
     pub authorizer: Arc<dyn Authorizer>,
+    /// Web pages (origins such as `https://app.example.com`; `*` for any) whose browsers may open the WebSocket
+    /// besides pages served from the broker's own address. Clients that send no `Origin` (everything but browsers)
+    /// are never refused for it. See `--allowed-origins`.
+    pub allowed_origins: Vec<String>,
 }
 
 impl Default for Config {
@@ -98,6 +103,7 @@ impl Default for Config {
             data_dir: PathBuf::from(DEFAULT_DATA_DIR),
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             authorizer: Arc::new(AllowAll),
+            allowed_origins: Vec::new(),
         }
     }
 }
@@ -109,6 +115,7 @@ impl fmt::Debug for Config {
             .field("ws_addr", &self.ws_addr)
             .field("data_dir", &self.data_dir)
             .field("connect_timeout", &self.connect_timeout)
+            .field("allowed_origins", &self.allowed_origins)
             .finish_non_exhaustive()
     }
 }
@@ -222,8 +229,11 @@ impl Broker {
     /// (persistent sessions kept, Last Wills published), lets persistence reach the disk, and returns.
     /// The ports are free when it returns.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), BrokerError> {
-        let Broker { runtime, engine: engine::Engine { scx, server, .. } } = self;
+        let Broker { runtime, engine: engine::Engine { scx, server, ws_front, .. } } = self;
         let mut serving = runtime.handle().spawn(server.run());
+        let front = ws_front.map(|front| {
+            runtime.handle().spawn(origin::serve(front.listener, front.backend, front.policy, front.deadline))
+        });
         let outcome = tokio::select! {
             () = shutdown.cancelled() => Ok(()),
             ended = &mut serving => Err(BrokerError::Stopped(match ended {
@@ -236,6 +246,10 @@ impl Broker {
         // Dropping the server future drops its listeners, which frees the ports at once.
         serving.abort();
         let _ = (&mut serving).await;
+        if let Some(front) = front {
+            front.abort();
+            let _ = front.await;
+        }
         let closing = runtime.handle().spawn(async move { engine::close_connections(&scx).await });
         if let Err(join) = closing.await {
             tracing::warn!(cause = %join, "closing connections failed");

@@ -12,6 +12,8 @@ use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
 use ferrite_broker::{AuthDecision, Authorizer, BoxFuture, DenyReason, Identity, Principal};
 use ferrite_core::filter_covers;
 use secrecy::{ExposeSecret, SecretString};
@@ -159,10 +161,13 @@ pub struct AuthorizerConfig {
     pub services: Vec<ServiceAccount>,
 }
 
-/// Password checks (argon2, tens of milliseconds of a core each) one source address may have running or waiting
-/// at once. The registry already runs at most one argon2 per core (`secret.rs`); this keeps one source from
+/// Password checks (argon2, tens of milliseconds of a core each) one source address may have running at once. The registry already runs at most one argon2 per core (`secret.rs`); this keeps one source from
 /// filling that queue, so that a device elsewhere waits behind at most this many of an attacker's attempts.
 pub const MAX_CHECKS_PER_SOURCE: usize = 4;
+
+/// Checks one source may have waiting (beyond it, its logins are refused at once, without a check): a burst of
+/// a thousand devices behind one address fits.
+pub const MAX_QUEUED_PER_SOURCE: usize = 4096;
 
 /// Failed logins a source may make in a burst before it is slowed down (a device with a typo, a fleet restarted
 /// with stale secrets, fit; a password-guessing flood does not).
@@ -218,7 +223,7 @@ impl RegistryAuthorizer {
         if let Some(known) = self.service.cached_device_verdict(device, password) {
             return Ok(known);
         }
-        let _slot = self.sources.begin(source)?;
+        let _slot = self.sources.begin(source).await?;
         let valid = self.service.verify_device_secret(device, password).await.map_err(Refused::Error)?;
         if !valid {
             self.sources.failed(source);
@@ -310,21 +315,30 @@ enum Refused {
     Error(RegistryError),
 }
 
-/// Per source address: password checks under way, and failed logins left in its burst (a token bucket).
+/// Per source address: password checks under way or waiting, and failed logins left in its burst (a token bucket).
 #[derive(Default)]
 struct SourceLimiter {
     sources: Arc<Mutex<HashMap<IpAddr, Source>>>,
 }
 
 struct Source {
-    checking: usize,
+    /// [`MAX_CHECKS_PER_SOURCE`] permits: a burst of connections from one address (a gateway, a NAT, a fleet on
+    /// this machine) waits its turn here instead of filling the registry's one-per-core argon2 queue.
+    checks: Arc<Semaphore>,
+    /// Checks waiting for a permit or running.
+    queued: usize,
     failures_left: f64,
     refilled: Instant,
 }
 
 impl Source {
     fn new(now: Instant) -> Self {
-        Source { checking: 0, failures_left: f64::from(FAILURE_BURST), refilled: now }
+        Source {
+            checks: Arc::new(Semaphore::new(MAX_CHECKS_PER_SOURCE)),
+            queued: 0,
+            failures_left: f64::from(FAILURE_BURST),
+            refilled: now,
+        }
     }
 
     fn refill(&mut self, now: Instant) {
@@ -332,51 +346,81 @@ impl Source {
         self.failures_left = (self.failures_left + earned).min(f64::from(FAILURE_BURST));
         self.refilled = now;
     }
+
+    fn idle(&self) -> bool {
+        self.queued == 0 && self.failures_left >= f64::from(FAILURE_BURST)
+    }
 }
 
-/// A check under way for a source; ends when dropped.
+/// A check under way (or waiting) for a source; ends when dropped.
 struct CheckSlot {
     sources: Arc<Mutex<HashMap<IpAddr, Source>>>,
     source: IpAddr,
+    _permit: Option<OwnedSemaphorePermit>,
 }
 
 impl Drop for CheckSlot {
     fn drop(&mut self) {
         let mut sources = self.sources.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         if let Some(source) = sources.get_mut(&self.source) {
-            source.checking = source.checking.saturating_sub(1);
+            source.queued = source.queued.saturating_sub(1);
         }
     }
 }
 
 impl SourceLimiter {
-    fn begin(&self, source: IpAddr) -> Result<CheckSlot, Refused> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, Source>> {
+        self.sources.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Whether the source may make another failed login now.
+    fn rate_limited(&self, source: IpAddr) -> bool {
         let now = Instant::now();
-        let mut sources = self.sources.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        if sources.len() >= MAX_SOURCES && !sources.contains_key(&source) {
-            sources.retain(|_, known| {
-                known.refill(now);
-                known.checking > 0 || known.failures_left < f64::from(FAILURE_BURST)
-            });
-            if sources.len() >= MAX_SOURCES {
-                sources.clear();
+        let mut sources = self.lock();
+        sources.get_mut(&source).is_some_and(|known| {
+            known.refill(now);
+            known.failures_left < 1.0
+        })
+    }
+
+    /// Waits for one of the source's check permits; refuses at once a source out of failed logins,
+    /// or one with [`MAX_QUEUED_PER_SOURCE`] checks already waiting.
+    async fn begin(&self, source: IpAddr) -> Result<CheckSlot, Refused> {
+        let checks = {
+            let now = Instant::now();
+            let mut sources = self.lock();
+            if sources.len() >= MAX_SOURCES && !sources.contains_key(&source) {
+                sources.retain(|_, known| {
+                    known.refill(now);
+                    !known.idle()
+                });
+                if sources.len() >= MAX_SOURCES {
+                    sources.clear();
+                }
             }
-        }
-        let entry = sources.entry(source).or_insert_with(|| Source::new(now));
-        entry.refill(now);
-        if entry.failures_left < 1.0 {
+            let entry = sources.entry(source).or_insert_with(|| Source::new(now));
+            entry.refill(now);
+            if entry.failures_left < 1.0 {
+                return Err(Refused::Budget("denied_rate_limited"));
+            }
+            if entry.queued >= MAX_QUEUED_PER_SOURCE {
+                return Err(Refused::Budget("denied_busy"));
+            }
+            entry.queued += 1;
+            entry.checks.clone()
+        };
+        let mut slot = CheckSlot { sources: self.sources.clone(), source, _permit: None };
+        slot._permit = checks.acquire_owned().await.ok();
+        // Failures may have run out while this one waited: then it is refused without its check.
+        if self.rate_limited(source) {
             return Err(Refused::Budget("denied_rate_limited"));
         }
-        if entry.checking >= MAX_CHECKS_PER_SOURCE {
-            return Err(Refused::Budget("denied_busy"));
-        }
-        entry.checking += 1;
-        Ok(CheckSlot { sources: self.sources.clone(), source })
+        Ok(slot)
     }
 
     fn failed(&self, source: IpAddr) {
         let now = Instant::now();
-        let mut sources = self.sources.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut sources = self.lock();
         let entry = sources.entry(source).or_insert_with(|| Source::new(now));
         entry.refill(now);
         entry.failures_left = (entry.failures_left - 1.0).max(0.0);
@@ -579,27 +623,35 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_source_out_of_failures_is_refused_and_others_are_not() {
+    #[tokio::test]
+    async fn a_source_out_of_failures_is_refused_and_others_are_not() {
         let limiter = SourceLimiter::default();
         let attacker: IpAddr = "192.0.2.7".parse().expect("an address");
         let device: IpAddr = "192.0.2.8".parse().expect("an address");
         for _ in 0..FAILURE_BURST {
-            let _slot = limiter.begin(attacker).expect("within the burst");
+            let _slot = limiter.begin(attacker).await.expect("within the burst");
             limiter.failed(attacker);
         }
-        assert!(matches!(limiter.begin(attacker), Err(Refused::Budget("denied_rate_limited"))));
-        assert!(limiter.begin(device).is_ok(), "another source keeps its budget");
+        assert!(matches!(limiter.begin(attacker).await, Err(Refused::Budget("denied_rate_limited"))));
+        assert!(limiter.begin(device).await.is_ok(), "another source keeps its budget");
     }
 
-    #[test]
-    fn a_source_has_a_bounded_number_of_checks_at_once() {
-        let limiter = SourceLimiter::default();
+    #[tokio::test]
+    async fn a_source_runs_a_bounded_number_of_checks_at_once_and_the_rest_wait() {
+        let limiter = Arc::new(SourceLimiter::default());
         let source: IpAddr = "::1".parse().expect("an address");
-        let slots: Vec<_> = (0..MAX_CHECKS_PER_SOURCE).map(|_| limiter.begin(source).expect("a slot")).collect();
-        assert!(matches!(limiter.begin(source), Err(Refused::Budget("denied_busy"))));
+        let mut slots = Vec::new();
+        for _ in 0..MAX_CHECKS_PER_SOURCE {
+            slots.push(limiter.begin(source).await.expect("a slot"));
+        }
+        let waiting = tokio::spawn({
+            let limiter = limiter.clone();
+            async move { limiter.begin(source).await.is_ok() }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished(), "one more check waits for a permit");
         drop(slots);
-        assert!(limiter.begin(source).is_ok(), "slots come back when checks end");
+        assert!(waiting.await.expect("the waiting check"), "and runs once a check ended");
     }
 
     #[test]

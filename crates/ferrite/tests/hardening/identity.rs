@@ -5,6 +5,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
+use std::time::Duration;
 
 use anyhow::Context;
 use ferrite_testkit::{http_request, wait_for};
@@ -189,6 +190,76 @@ async fn anonymous_clients_cannot_take_platform_ids_publish_commands_or_join_sha
         &["-V", "5", "-h", host, "-p", &port, "-t", "sensors/#", "-C", "1", "-W", "2", "-d"],
     );
     assert!(text(&watched).contains("Subscribed (mid: 1): 0"), "watching sensors/# is refused: {}", text(&watched));
+    platform.stop().await?;
+    Ok(())
+}
+
+/// Sends a raw WebSocket upgrade request to the broker's `/mqtt`; returns the status line.
+async fn upgrade_status(platform: &Platform, origin: Option<&str>) -> anyhow::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let authority = platform.mqtt_ws.trim_start_matches("ws://").trim_end_matches("/mqtt").to_owned();
+    let mut stream = tokio::net::TcpStream::connect(&authority).await?;
+    let origin = origin.map(|origin| format!("Origin: {origin}\r\n")).unwrap_or_default();
+    let request = format!(
+        "GET /mqtt HTTP/1.1\r\nHost: {authority}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: mqtt\r\n{origin}\r\n"
+    );
+    stream.write_all(request.as_bytes()).await?;
+    let mut reply = vec![0u8; 1024];
+    let read = tokio::time::timeout(Duration::from_secs(20), stream.read(&mut reply)).await??;
+    let reply = String::from_utf8_lossy(&reply[..read]).into_owned();
+    Ok(reply.lines().next().unwrap_or_default().to_owned())
+}
+
+/// An MQTT 3.1.1 CONNECT over the broker's WebSocket (as a non-browser client, no Origin); the CONNACK return code.
+async fn connect_over_websocket(platform: &Platform, client_id: &str) -> anyhow::Result<u8> {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest};
+    let mut request = platform.mqtt_ws.as_str().into_client_request()?;
+    request.headers_mut().insert("Sec-WebSocket-Protocol", "mqtt".parse()?);
+    let (mut socket, _) = tokio_tungstenite::connect_async(request).await?;
+    let id = client_id.as_bytes();
+    let mut connect = vec![0x10, u8::try_from(12 + id.len())?, 0, 4, b'M', b'Q', b'T', b'T', 4, 0x02, 0, 60];
+    connect.extend_from_slice(&u16::try_from(id.len())?.to_be_bytes());
+    connect.extend_from_slice(id);
+    socket.send(Message::binary(connect)).await?;
+    loop {
+        match tokio::time::timeout(Duration::from_secs(20), socket.next()).await? {
+            Some(Ok(Message::Binary(connack))) => {
+                anyhow::ensure!(connack.len() == 4 && connack[0] == 0x20, "not a CONNACK: {connack:?}");
+                return Ok(connack[3]);
+            }
+            Some(Ok(_)) => {}
+            other => anyhow::bail!("no CONNACK over the WebSocket: {other:?}"),
+        }
+    }
+}
+
+/// Item 5, the broker's part: a page from another origin cannot open the MQTT WebSocket (403), while clients without
+/// an Origin (Node, Paho) and pages from the broker's own address still can, and `--allowed-origins` admits a page.
+/// Whatever the Origin, an anonymous WebSocket client cannot take a platform client id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_mqtt_websocket_refuses_foreign_origins() -> anyhow::Result<()> {
+    let platform = Platform::up(&["--allowed-origins", "https://dash.example.com"]).await?;
+    let evil = upgrade_status(&platform, Some("https://evil.example")).await?;
+    assert!(evil.contains(" 403 "), "a foreign Origin was let in: {evil}");
+    let none = upgrade_status(&platform, None).await?;
+    assert!(none.contains(" 101 "), "a client without Origin was refused: {none}");
+    let own = format!("http://{}", platform.mqtt_ws.trim_start_matches("ws://").trim_end_matches("/mqtt"));
+    let same = upgrade_status(&platform, Some(&own)).await?;
+    assert!(same.contains(" 101 "), "the broker's own origin was refused: {same}");
+    let listed = upgrade_status(&platform, Some("https://dash.example.com")).await?;
+    assert!(listed.contains(" 101 "), "an allowed origin was refused: {listed}");
+
+    assert_eq!(connect_over_websocket(&platform, "web-client-1").await?, 0, "MQTT over the WebSocket works");
+    assert_eq!(connect_over_websocket(&platform, "ferrite-ingester").await?, 5, "the ingester's id is refused (5)");
+
+    let metrics = http_request("GET", &format!("{}/metrics", platform.http), None, None).await?;
+    let metrics = String::from_utf8_lossy(&metrics.body).into_owned();
+    assert!(
+        metrics.lines().any(|line| line.starts_with("ferrite_broker_ws_refused_total{reason=\"origin\"} ")),
+        "the refusal is not counted on /metrics"
+    );
     platform.stop().await?;
     Ok(())
 }
