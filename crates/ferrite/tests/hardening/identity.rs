@@ -263,3 +263,104 @@ async fn the_mqtt_websocket_refuses_foreign_origins() -> anyhow::Result<()> {
     platform.stop().await?;
     Ok(())
 }
+
+/// An MQTT 3.1.1 CONNECT with a username and password.
+fn connect_packet(client_id: &str, username: &str, password: &[u8]) -> Vec<u8> {
+    let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 4, 0xC2, 0, 60];
+    for field in [client_id.as_bytes(), username.as_bytes(), password] {
+        body.extend_from_slice(&u16::try_from(field.len()).expect("a short field").to_be_bytes());
+        body.extend_from_slice(field);
+    }
+    let mut packet = vec![0x10, u8::try_from(body.len()).expect("under 128 bytes")];
+    packet.extend(body);
+    packet
+}
+
+/// One attacker connection from `source`: CONNECT with a fresh wrong password, wait for the answer, again.
+async fn guess_passwords(
+    source: std::net::IpAddr,
+    broker: std::net::SocketAddr,
+    stop: tokio_util::sync::CancellationToken,
+) -> u64 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut attempts = 0;
+    while !stop.is_cancelled() {
+        let Ok(socket) = tokio::net::TcpSocket::new_v4() else { return attempts };
+        if socket.bind(std::net::SocketAddr::new(source, 0)).is_err() {
+            return attempts;
+        }
+        let Ok(mut stream) = socket.connect(broker).await else { continue };
+        let password = uuid::Uuid::new_v4().simple().to_string();
+        let packet = connect_packet(&format!("victim-1:{attempts}"), "victim-1", password.as_bytes());
+        if stream.write_all(&packet).await.is_err() {
+            continue;
+        }
+        let mut connack = [0u8; 4];
+        let _ = tokio::select! {
+            read = stream.read_exact(&mut connack) => read.ok(),
+            () = stop.cancelled() => None,
+        };
+        attempts += 1;
+    }
+    attempts
+}
+
+/// The CONNECT authentication budget: 200 connections guessing a device's password as fast as the broker answers,
+/// from another address, do not keep a registered device from logging in, and the flood is refused without
+/// argon2 checks once its failures run out (counted on /metrics).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_password_guessing_flood_does_not_lock_out_a_real_device() -> anyhow::Result<()> {
+    let platform = Platform::up(&[]).await?;
+    let secret = create_device(&platform, "victim-1").await?;
+    let broker: std::net::SocketAddr = platform.mqtt.parse()?;
+    // Every 127.x address is this machine: the flood comes from another source than the device.
+    let attacker: std::net::IpAddr = "127.0.0.2".parse()?;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let flood: Vec<_> = (0..200).map(|_| tokio::spawn(guess_passwords(attacker, broker, stop.clone()))).collect();
+    wait_for("the flood to be refused by its rate limit", || async {
+        let metrics = http_request("GET", &format!("{}/metrics", platform.http), None, None).await;
+        metrics.is_ok_and(|metrics| {
+            String::from_utf8_lossy(&metrics.body)
+                .lines()
+                .any(|line| line.starts_with("ferrite_registry_mqtt_auth_total{outcome=\"denied_rate_limited\"}"))
+        })
+    })
+    .await?;
+
+    // The device logs in while the flood goes on (each of its publishes is a fresh CONNECT, the first one uncached).
+    let (host, port) = platform.mqtt_host_port();
+    let (host, port, secret) = (host.to_owned(), port.to_string(), secret.clone());
+    let logged_in = tokio::task::spawn_blocking(move || {
+        mosquitto_client(
+            "mosquitto_pub",
+            &[
+                "-h",
+                &host,
+                "-p",
+                &port,
+                "-i",
+                "victim-1",
+                "-u",
+                "victim-1",
+                "-P",
+                &secret,
+                "-t",
+                "sensors/victim-1/t",
+                "-m",
+                "1",
+                "-q",
+                "1",
+            ],
+        )
+    })
+    .await?;
+    stop.cancel();
+    let mut attempts = 0;
+    for guesser in flood {
+        attempts += guesser.await?;
+    }
+    assert!(logged_in.status.success(), "the device could not log in during the flood: {}", text(&logged_in));
+    assert!(attempts >= 200, "the flood made only {attempts} attempts");
+    platform.stop().await?;
+    Ok(())
+}
