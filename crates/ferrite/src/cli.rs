@@ -148,6 +148,12 @@ pub struct ListenArgs {
     /// Seconds a new connection has to send its CONNECT before it is closed.
     #[arg(long, env = "FERRITE_CONNECT_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub connect_timeout: Duration,
+    /// The longest a persistent session outlives its connection; a longer v5 Session Expiry Interval is clamped.
+    #[arg(long, env = "FERRITE_MAX_SESSION_EXPIRY", default_value = "7d", value_parser = humantime::parse_duration)]
+    pub max_session_expiry: Duration,
+    /// Retained topics one device may set (anonymous clients together count as one); more are refused.
+    #[arg(long, env = "FERRITE_MAX_RETAINED_PER_DEVICE", default_value_t = ferrite_broker::DEFAULT_MAX_RETAINED_PER_CLIENT)]
+    pub max_retained_per_device: usize,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -497,6 +503,8 @@ impl ListenArgs {
             ws_addr: Some(self.ws_addr),
             data_dir: data.data_dir.join("broker"),
             connect_timeout: self.connect_timeout,
+            max_session_expiry: self.max_session_expiry,
+            max_retained_per_client: self.max_retained_per_device,
             ..ferrite_broker::Config::default()
         }
     }

@@ -122,7 +122,11 @@ impl Engine {
         rmqtt_sys_topic::register(&scx, true, false)
             .await
             .map_err(|e| BrokerError::Startup(format!("$SYS topics: {e:#}")))?;
-        crate::hooks::install(&scx, Arc::clone(&config.authorizer)).await;
+        let quotas = crate::hooks::Quotas {
+            max_session_expiry: config.max_session_expiry,
+            max_retained: config.max_retained_per_client,
+        };
+        crate::hooks::install(&scx, Arc::clone(&config.authorizer), quotas).await;
 
         let mut server = MqttServer::new(scx.clone()).listener_by_id(tcp, TCP_LISTENER_ID);
         if let Some(ws) = ws {
@@ -172,7 +176,8 @@ fn bind_listener(config: &Config, addr: SocketAddr, name: &str, proxied: bool) -
         // clients are allowed; turning that off makes every client pass through our Authorizer.
         .allow_anonymous(false)
         .handshake_timeout(config.connect_timeout)
-        .session_expiry_interval(SESSION_EXPIRY)
+        .session_expiry_interval(SESSION_EXPIRY.min(config.max_session_expiry))
+        .max_session_expiry_interval(config.max_session_expiry)
         // rmqtt's default gives every message a 5 minute expiry, which also expires queued
         // messages and retained values; zero means "no expiry unless the publisher set one".
         .message_expiry_interval(Duration::ZERO)

@@ -57,6 +57,14 @@ pub const DEFAULT_MQTT_PORT: u16 = 1883;
 pub const DEFAULT_WS_PORT: u16 = 8083;
 /// Long enough for a client on a slow link to send CONNECT, short enough that idle sockets do not pile up.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// The longest a persistent session outlives its connection, whatever a v5 client asks for (Session Expiry Interval
+/// is clamped to it): an abandoned session holds its queue (up to 100,000 messages) until it expires. A week covers
+/// the ingester's own sessions (they ask for 7 days) and a device off over a long weekend.
+pub const DEFAULT_MAX_SESSION_EXPIRY: Duration = Duration::from_secs(7 * 24 * 60 * 60);
+/// Retained topics one device may hold at the broker (all anonymous clients together count as one): retained values
+/// live on disk forever, so one device must not fill it. A device has a status topic and one topic per metric.
+pub const DEFAULT_MAX_RETAINED_PER_CLIENT: usize = 1000;
+
 /// Under the working directory, next to the other `ferrite up` state.
 pub const DEFAULT_DATA_DIR: &str = "./.ferrite/broker";
 
@@ -93,6 +101,10 @@ pub struct Config {
     /// besides pages served from the broker's own address. Clients that send no `Origin` (everything but browsers)
     /// are never refused for it. See `--allowed-origins`.
     pub allowed_origins: Vec<String>,
+    /// See [`DEFAULT_MAX_SESSION_EXPIRY`] (`--max-session-expiry`).
+    pub max_session_expiry: Duration,
+    /// See [`DEFAULT_MAX_RETAINED_PER_CLIENT`] (`--max-retained-per-device`); platform services are not limited.
+    pub max_retained_per_client: usize,
 }
 
 impl Default for Config {
@@ -104,6 +116,8 @@ impl Default for Config {
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             authorizer: Arc::new(AllowAll),
             allowed_origins: Vec::new(),
+            max_session_expiry: DEFAULT_MAX_SESSION_EXPIRY,
+            max_retained_per_client: DEFAULT_MAX_RETAINED_PER_CLIENT,
         }
     }
 }
@@ -116,6 +130,8 @@ impl fmt::Debug for Config {
             .field("data_dir", &self.data_dir)
             .field("connect_timeout", &self.connect_timeout)
             .field("allowed_origins", &self.allowed_origins)
+            .field("max_session_expiry", &self.max_session_expiry)
+            .field("max_retained_per_client", &self.max_retained_per_client)
             .finish_non_exhaustive()
     }
 }
@@ -185,6 +201,9 @@ impl Drop for OwnedRuntime {
 impl Broker {
     /// Opens the data directory and binds the listeners (port 0 picks a free port).
     pub async fn bind(config: Config) -> Result<Broker, BrokerError> {
+        if config.max_session_expiry.is_zero() {
+            return Err(BrokerError::InvalidConfig { reason: "maximum session expiry must be more than zero".into() });
+        }
         if config.connect_timeout.is_zero() {
             return Err(BrokerError::InvalidConfig { reason: "connect timeout must be more than zero".into() });
         }

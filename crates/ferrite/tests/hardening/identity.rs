@@ -364,3 +364,83 @@ async fn a_password_guessing_flood_does_not_lock_out_a_real_device() -> anyhow::
     platform.stop().await?;
     Ok(())
 }
+
+/// Per-device quotas at the broker: retained topics beyond `--max-retained-per-device` are refused (clearing one frees
+/// its place), a v5 session expiry beyond `--max-session-expiry` is clamped; both counted on /metrics.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retained_topics_and_session_expiry_are_bounded_per_device() -> anyhow::Result<()> {
+    let platform = Platform::up(&["--max-retained-per-device", "2", "--max-session-expiry", "1h"]).await?;
+    let secret = create_device(&platform, "quota-1").await?;
+    let login = ["-V", "5", "-i", "quota-1", "-u", "quota-1", "-P", secret.as_str(), "-r"];
+    for metric in ["a", "b"] {
+        let kept = publish(&platform, &login, &format!("sensors/quota-1/{metric}"));
+        assert!(!text(&kept).contains("Not authorized"), "retained {metric}: {}", text(&kept));
+    }
+    let third = publish(&platform, &login, "sensors/quota-1/c");
+    assert!(text(&third).contains("Not authorized"), "a third retained topic was accepted: {}", text(&third));
+    let again = publish(&platform, &login, "sensors/quota-1/a");
+    assert!(!text(&again).contains("Not authorized"), "replacing a retained value: {}", text(&again));
+    let (host, port) = platform.mqtt_host_port();
+    let port = port.to_string();
+    let cleared = mosquitto_client(
+        "mosquitto_pub",
+        &[
+            "-h",
+            host,
+            "-p",
+            &port,
+            "-t",
+            "sensors/quota-1/b",
+            "-n",
+            "-q",
+            "1",
+            "-V",
+            "5",
+            "-i",
+            "quota-1",
+            "-u",
+            "quota-1",
+            "-P",
+            &secret,
+            "-r",
+        ],
+    );
+    assert!(cleared.status.success(), "{}", text(&cleared));
+    let now_fits = publish(&platform, &login, "sensors/quota-1/c");
+    assert!(!text(&now_fits).contains("Not authorized"), "a cleared topic's place is free again: {}", text(&now_fits));
+
+    let long = mosquitto_client(
+        "mosquitto_sub",
+        &[
+            "-h",
+            host,
+            "-p",
+            &port,
+            "-V",
+            "5",
+            "-i",
+            "quota-1:long",
+            "-u",
+            "quota-1",
+            "-P",
+            &secret,
+            "-c",
+            "-x",
+            "31536000",
+            "-t",
+            "commands/quota-1",
+            "-W",
+            "1",
+        ],
+    );
+    assert!(text(&long).contains("Timed out"), "{}", text(&long));
+
+    let metrics = http_request("GET", &format!("{}/metrics", platform.http), None, None).await?;
+    let metrics = String::from_utf8_lossy(&metrics.body).into_owned();
+    for quota in ["retained", "session_expiry"] {
+        let line = format!("ferrite_broker_quota_refused_total{{quota=\"{quota}\"}} ");
+        assert!(metrics.lines().any(|l| l.starts_with(&line)), "{quota} is not counted on /metrics");
+    }
+    platform.stop().await?;
+    Ok(())
+}
