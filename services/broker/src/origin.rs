@@ -207,4 +207,19 @@ mod tests {
             "PROXY TCP6 2001:db8::1 ::ffff:127.0.0.1 5000 9000\r\n"
         );
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(5000))]
+
+        /// Any request head a client sends is read without panicking, and an Origin that is neither listed nor the
+        /// request's own Host is refused.
+        #[test]
+        fn any_request_head_is_judged_without_panicking(head in ".{0,300}", origin in "[a-z]{1,12}", host in "[0-9.:]{0,20}") {
+            let _ = header(&head, "origin");
+            let policy = OriginPolicy::new(&["https://allowed.example".into()]);
+            let foreign = format!("https://{origin}.evil.example");
+            proptest::prop_assert!(!policy.admits(Some(&foreign), Some(&host)));
+            proptest::prop_assert!(policy.admits(None, Some(&host)));
+        }
+    }
 }

@@ -732,4 +732,25 @@ mod tests {
         assert_eq!("fleet".parse::<ServiceRole>(), Ok(ServiceRole::Fleet));
         assert!("root".parse::<ServiceRole>().is_err());
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(5000))]
+
+        /// Whatever client id a client sends, nobody but the owning role (or admin) gets a reserved one, and a device
+        /// only its own id or `{id}:suffix`.
+        #[test]
+        fn client_ids_stay_in_their_namespaces(client_id in "(ferrite-)?[a-z0-9:_.-]{0,24}", device in "[a-z0-9_.-]{1,12}") {
+            if reserved_client_id(&client_id) {
+                proptest::prop_assert!(!anonymous_may_use_client_id(&client_id));
+                proptest::prop_assert!(!ServiceRole::Fleet.may_use_client_id(&client_id));
+                proptest::prop_assert!(!device_may_use_client_id(&device, &client_id));
+                let owners = ServiceRole::ALL.into_iter().filter(|role| role.may_use_client_id(&client_id)).count();
+                proptest::prop_assert!(owners <= 2);
+            }
+            if device_may_use_client_id(&device, &client_id) {
+                let suffixed = client_id.strip_prefix(device.as_str()).is_some_and(|rest| rest.starts_with(':'));
+                proptest::prop_assert!(client_id == device || suffixed);
+            }
+        }
+    }
 }
