@@ -1,6 +1,8 @@
 //! The APIs served beside the registry on its ports (telemetry queries and live streams, rules and alerts, commands),
 //! and the background work they need (the rules engine, the commands session, retention). Used by `ferrite up` and `ferrite registry`.
 
+use std::sync::Arc;
+
 use anyhow::Context;
 use ferrite_mqtt::BrokerUrl;
 use ferrite_registry::{ApiExtension, ApiGuard};
@@ -29,12 +31,15 @@ pub struct ApiTasks {
 impl PlatformApis {
     /// Connects the rules engine, the commands session and the live feed to `broker` as `login`
     /// (the `service:api` account). Live streams end when `stop_streams` is cancelled, so the registry can drain.
+    /// `presence` says whether a device is connected (the embedded broker in `ferrite up`); without it the
+    /// `presence` table does.
     pub async fn bind(
         pool: &PgPool,
         broker: BrokerUrl,
         login: Option<(String, String)>,
         guard: ApiGuard,
         stop_streams: CancellationToken,
+        presence: Option<Arc<dyn ferrite_commands::Presence>>,
     ) -> anyhow::Result<PlatformApis> {
         let live =
             ferrite_query::LiveFeed::start(ferrite_query::LiveConfig::new(broker.clone(), login.clone()), stop_streams);
@@ -42,6 +47,7 @@ impl PlatformApis {
 
         let mut commands_config = ferrite_commands::Config::new(broker.clone());
         commands_config.credentials = login.clone();
+        commands_config.presence = presence;
         let commands = ferrite_commands::Commands::bind(commands_config, pool.clone())
             .context("cannot start the commands service")?;
         let command_service = commands.service();
@@ -86,6 +92,16 @@ impl ApiTasks {
         self.stop.cancel();
         crate::shutdown::join("rules engine", self.rules).await;
         crate::shutdown::join("commands", self.commands).await;
+    }
+}
+
+/// The embedded broker's client table as the commands' presence source: a device is connected when a client
+/// with its id as client id is, which the broker knows before the ingester has stored the device's `online`.
+pub struct BrokerPresence(pub ferrite_broker::Clients);
+
+impl ferrite_commands::Presence for BrokerPresence {
+    fn is_connected<'a>(&'a self, device_id: &'a str) -> ferrite_commands::PresenceFuture<'a> {
+        Box::pin(self.0.is_connected(device_id))
     }
 }
 

@@ -181,6 +181,12 @@ pub struct ListenArgs {
     /// Seconds a new connection has to send its CONNECT before it is closed.
     #[arg(long, env = "FERRITE_CONNECT_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub connect_timeout: Duration,
+    /// The longest a persistent session outlives its connection; a longer v5 Session Expiry Interval is clamped.
+    #[arg(long, env = "FERRITE_MAX_SESSION_EXPIRY", default_value = "7d", value_parser = humantime::parse_duration)]
+    pub max_session_expiry: Duration,
+    /// Retained topics one device may set (anonymous clients together count as one); more are refused.
+    #[arg(long, env = "FERRITE_MAX_RETAINED_PER_DEVICE", default_value_t = ferrite_broker::DEFAULT_MAX_RETAINED_PER_CLIENT)]
+    pub max_retained_per_device: usize,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -201,6 +207,12 @@ pub struct BrokerArgs {
     pub allow_anonymous: bool,
     #[command(flatten)]
     pub secrets: ServiceSecrets,
+    /// Origins of web pages served elsewhere whose browsers may open the broker's MQTT WebSocket (/mqtt), comma
+    /// separated, as the browser sends them: e.g. https://dash.example.com,http://localhost:3000. Pages served from
+    /// the broker's own address and clients that send no Origin (mqtt.js in Node, Paho, scripts) need no entry;
+    /// "null" admits file:// pages and sandboxed frames, "*" every page (not recommended). Others get 403.
+    #[arg(long, env = "FERRITE_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Vec<String>,
 }
 
 /// How a service reaches the broker.
@@ -391,6 +403,12 @@ pub struct UpArgs {
     /// PostgreSQL to use instead of the private cluster.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
+    /// Origins of web pages served elsewhere whose browsers may open the broker's MQTT WebSocket (/mqtt), comma
+    /// separated, as the browser sends them: e.g. https://dash.example.com,http://localhost:3000. Pages served from
+    /// the broker's own address and clients that send no Origin (mqtt.js in Node, Paho, scripts) need no entry;
+    /// "null" admits file:// pages and sandboxed frames, "*" every page (not recommended). Others get 403.
+    #[arg(long, env = "FERRITE_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Vec<String>,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -541,6 +559,8 @@ impl ListenArgs {
             ws_addr: Some(self.ws_addr),
             data_dir: data.data_dir.join("broker"),
             connect_timeout: self.connect_timeout,
+            max_session_expiry: self.max_session_expiry,
+            max_retained_per_client: self.max_retained_per_device,
             ..ferrite_broker::Config::default()
         }
     }

@@ -113,9 +113,14 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     ];
     let service = RegistryService::new(database.pool.clone());
     let mut broker_config = args.listen.broker_config(&args.data);
+    broker_config.allowed_origins = args.allowed_origins.clone();
     broker_config.authorizer =
         registry_authorizer(service.clone(), &broker_config, args.api.allow_anonymous, accounts)?;
     let broker = Broker::bind(broker_config).await.context("cannot start the broker")?;
+    // Deleting or rotating a device closes its live connections; commands ask the broker who is connected.
+    service.set_device_connections(Arc::new(broker.clients()));
+    let clients = broker.clients();
+    let presence: Arc<dyn ferrite_commands::Presence> = Arc::new(apis::BrokerPresence(clients.clone()));
     let provisioner = Arc::new(RegistryProvisioner(service.clone()));
     let registry = Registry::bind_service(args.api.registry_config(), service.clone())
         .await
@@ -123,8 +128,15 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     let mqtt_addr = broker.mqtt_addr();
     let stop_registry = CancellationToken::new();
     let guard = registry.api_guard();
-    let apis =
-        PlatformApis::bind(&database.pool, local_url(mqtt_addr), Some(api_login), guard, stop_registry.clone()).await?;
+    let apis = PlatformApis::bind(
+        &database.pool,
+        local_url(mqtt_addr),
+        Some(api_login),
+        guard,
+        stop_registry.clone(),
+        Some(presence),
+    )
+    .await?;
     let (extension, api_tasks) = apis.start();
     let registry = registry.with_extension(extension);
     let mut gateway_config = ferrite_gateway::Config::new(local_url(mqtt_addr));
@@ -193,8 +205,12 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
             config.device_id(args.fleet - 1),
             humantime::format_duration(config.interval)
         );
+        let device_ids: Vec<String> = (0..args.fleet).map(|index| config.device_id(index)).collect();
         let fleet = Fleet::bind(config)?;
-        Some(tokio::spawn(fleet.run(stop_fleet.clone())))
+        let task = tokio::spawn(fleet.run(stop_fleet.clone()));
+        // "Press Ctrl-C" comes once the devices are connected, so that a command sent right after it finds them.
+        wait_until_connected(&clients, device_ids, SUBSCRIBE_WAIT).await;
+        Some(task)
     } else {
         None
     };
@@ -239,9 +255,30 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Waits, at most `limit`, until a client is connected at the broker under each of `client_ids`.
+async fn wait_until_connected(clients: &ferrite_broker::Clients, mut client_ids: Vec<String>, limit: Duration) {
+    let started = tokio::time::Instant::now();
+    while !client_ids.is_empty() && started.elapsed() < limit {
+        let mut waiting = Vec::with_capacity(client_ids.len());
+        for id in client_ids {
+            if !clients.is_connected(&id).await {
+                waiting.push(id);
+            }
+        }
+        client_ids = waiting;
+        if !client_ids.is_empty() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    if !client_ids.is_empty() {
+        tracing::warn!(waiting = client_ids.len(), "some fleet devices have not connected yet");
+    }
+}
+
 async fn broker(args: BrokerArgs) -> anyhow::Result<()> {
     let shutdown = shutdown::on_signal();
     let mut config = args.listen.broker_config(&args.data);
+    config.allowed_origins = args.allowed_origins.clone();
     match &args.database_url {
         Some(url) => {
             let options = url.parse().context("DATABASE_URL is not a valid PostgreSQL URL")?;
@@ -338,9 +375,16 @@ async fn registry(args: RegistryArgs) -> anyhow::Result<()> {
     let registry =
         Registry::bind(args.api.registry_config(), pool.clone()).await.context("cannot start the registry")?;
     let guard = registry.api_guard();
-    let apis =
-        PlatformApis::bind(&pool, args.client.broker_url.clone(), args.client.credentials(), guard, shutdown.clone())
-            .await?;
+    // An external broker: presence from the `presence` table, and deleted devices keep their live connections.
+    let apis = PlatformApis::bind(
+        &pool,
+        args.client.broker_url.clone(),
+        args.client.credentials(),
+        guard,
+        shutdown.clone(),
+        None,
+    )
+    .await?;
     let (extension, api_tasks) = apis.start();
     let registry = registry.with_extension(extension);
     println!("Registry REST   http://{}/api/v1/devices", registry.rest_addr());

@@ -55,6 +55,17 @@ pub(crate) struct Engine {
     pub(crate) server: MqttServer,
     pub(crate) mqtt_addr: SocketAddr,
     pub(crate) ws_addr: Option<SocketAddr>,
+    /// Our WebSocket port in front of rmqtt's (see `origin`), and where rmqtt's private WebSocket listener is.
+    pub(crate) ws_front: Option<WsFront>,
+}
+
+/// The public WebSocket port, not yet serving.
+pub(crate) struct WsFront {
+    pub(crate) listener: tokio::net::TcpListener,
+    pub(crate) backend: SocketAddr,
+    pub(crate) policy: Arc<crate::origin::OriginPolicy>,
+    /// The request head must arrive within this (the CONNECT deadline).
+    pub(crate) deadline: std::time::Duration,
 }
 
 impl Engine {
@@ -62,10 +73,23 @@ impl Engine {
     pub(crate) async fn bind(config: Config, data_dir: &Path) -> Result<Engine, BrokerError> {
         // Ports first: a port already taken then fails before the storage is opened, which could not
         // be released again in this process (see the crate docs).
-        let tcp = listener(&config, config.mqtt_addr, "ferrite/mqtt")?;
+        let tcp = listener(&config, config.mqtt_addr, "ferrite/mqtt", false)?;
         let mqtt_addr = local_addr(&tcp, config.mqtt_addr)?;
-        let ws = config.ws_addr.map(|addr| ws_listener(&config, addr)).transpose()?;
-        let ws_addr = ws.as_ref().map(|(_, addr)| *addr);
+        let (ws, ws_front) = match config.ws_addr {
+            Some(addr) => {
+                let (ws, front) = ws_listener(&config, addr)?;
+                (Some(ws), Some(front))
+            }
+            None => (None, None),
+        };
+        let ws_addr =
+            match &ws_front {
+                Some(front) => Some(front.listener.local_addr().map_err(|source| BrokerError::Bind {
+                    addr: config.ws_addr.unwrap_or(config.mqtt_addr),
+                    source,
+                })?),
+                None => None,
+            };
 
         let scx = ServerContext::new()
             // rmqtt refuses connections while the machine's load average is high; a broker on a
@@ -98,13 +122,17 @@ impl Engine {
         rmqtt_sys_topic::register(&scx, true, false)
             .await
             .map_err(|e| BrokerError::Startup(format!("$SYS topics: {e:#}")))?;
-        crate::hooks::install(&scx, Arc::clone(&config.authorizer)).await;
+        let quotas = crate::hooks::Quotas {
+            max_session_expiry: config.max_session_expiry,
+            max_retained: config.max_retained_per_client,
+        };
+        crate::hooks::install(&scx, Arc::clone(&config.authorizer), quotas).await;
 
         let mut server = MqttServer::new(scx.clone()).listener_by_id(tcp, TCP_LISTENER_ID);
-        if let Some((ws, _)) = ws {
+        if let Some(ws) = ws {
             server = server.listener_by_id(ws, WS_LISTENER_ID);
         }
-        Ok(Engine { scx, server: server.build(), mqtt_addr, ws_addr })
+        Ok(Engine { scx, server: server.build(), mqtt_addr, ws_addr, ws_front })
     }
 }
 
@@ -114,16 +142,16 @@ impl Engine {
 /// `cfg.laddr.port()`, and session ids carry `cfg.laddr`), so two listeners configured with port 0 would
 /// share one executor built from whichever listener's settings came first. Giving rmqtt the real port keeps
 /// them apart; the port is found by binding and releasing it, and taken again at once (a lost race is retried).
-fn listener(config: &Config, addr: SocketAddr, name: &str) -> Result<Listener, BrokerError> {
+fn listener(config: &Config, addr: SocketAddr, name: &str, proxied: bool) -> Result<Listener, BrokerError> {
     if addr.port() != 0 {
-        return bind_listener(config, addr, name);
+        return bind_listener(config, addr, name, proxied);
     }
     let mut last = None;
     for _ in 0..PORT_ATTEMPTS {
         let free = std::net::TcpListener::bind(addr)
             .and_then(|probe| probe.local_addr())
             .map_err(|e| BrokerError::Bind { addr, source: e })?;
-        match bind_listener(config, free, name) {
+        match bind_listener(config, free, name, proxied) {
             Ok(listener) => return Ok(listener),
             Err(error) => last = Some(error),
         }
@@ -134,8 +162,11 @@ fn listener(config: &Config, addr: SocketAddr, name: &str) -> Result<Listener, B
 /// How many free ports to try when another process takes the one we found before we bind it again.
 const PORT_ATTEMPTS: usize = 8;
 
-fn bind_listener(config: &Config, addr: SocketAddr, name: &str) -> Result<Listener, BrokerError> {
+/// `proxied`: the listener behind our WebSocket front, which learns the client's address from a PROXY line.
+fn bind_listener(config: &Config, addr: SocketAddr, name: &str, proxied: bool) -> Result<Listener, BrokerError> {
     Builder::new()
+        .proxy_protocol(proxied)
+        .proxy_protocol_timeout(crate::origin::PROXY_HEADER_TIMEOUT)
         .name(name)
         .laddr(addr)
         // A restarted broker must get its port back while old connections linger in TIME_WAIT.
@@ -145,7 +176,8 @@ fn bind_listener(config: &Config, addr: SocketAddr, name: &str) -> Result<Listen
         // clients are allowed; turning that off makes every client pass through our Authorizer.
         .allow_anonymous(false)
         .handshake_timeout(config.connect_timeout)
-        .session_expiry_interval(SESSION_EXPIRY)
+        .session_expiry_interval(SESSION_EXPIRY.min(config.max_session_expiry))
+        .max_session_expiry_interval(config.max_session_expiry)
         // rmqtt's default gives every message a 5 minute expiry, which also expires queued
         // messages and retained values; zero means "no expiry unless the publisher set one".
         .message_expiry_interval(Duration::ZERO)
@@ -158,12 +190,19 @@ fn bind_listener(config: &Config, addr: SocketAddr, name: &str) -> Result<Listen
         .map_err(|e| bind_error(addr, e))
 }
 
-fn ws_listener(config: &Config, addr: SocketAddr) -> Result<(Listener, SocketAddr), BrokerError> {
-    let ws = listener(config, addr, "ferrite/ws")?
+/// Our public WebSocket port at `addr`, and rmqtt's WebSocket listener behind it on a private loopback port.
+fn ws_listener(config: &Config, addr: SocketAddr) -> Result<(Listener, WsFront), BrokerError> {
+    let public = std::net::TcpListener::bind(addr)
+        .and_then(|listener| listener.set_nonblocking(true).map(|()| listener))
+        .and_then(tokio::net::TcpListener::from_std)
+        .map_err(|source| BrokerError::Bind { addr, source })?;
+    let private = SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, 0));
+    let ws = listener(config, private, "ferrite/ws", true)?
         .ws()
         .map_err(|e| BrokerError::Startup(format!("websocket listener: {e:#}")))?;
-    let bound = local_addr(&ws, addr)?;
-    Ok((ws, bound))
+    let backend = local_addr(&ws, private)?;
+    let policy = Arc::new(crate::origin::OriginPolicy::new(&config.allowed_origins));
+    Ok((ws, WsFront { listener: public, backend, policy, deadline: config.connect_timeout }))
 }
 
 fn local_addr(listener: &Listener, requested: SocketAddr) -> Result<SocketAddr, BrokerError> {

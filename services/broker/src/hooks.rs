@@ -86,11 +86,22 @@ const POLL_INTERVAL: Duration = Duration::from_millis(1);
 /// of a persistent session) and already waits for its predecessor, so 100 ms more cost nothing a client notices.
 const IN_PROGRESS_GRACE: Duration = Duration::from_millis(100);
 
+/// Per-client bounds the hooks enforce (see `Config`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Quotas {
+    /// rmqtt clamps a v5 client's Session Expiry Interval to it; the hook only counts the clamps.
+    pub(crate) max_session_expiry: Duration,
+    /// Retained topics per device (anonymous clients share one allowance); services are not limited.
+    pub(crate) max_retained: usize,
+}
+
 /// Registers the authorizer on the hooks that need it.
-pub(crate) async fn install(scx: &ServerContext, authorizer: Arc<dyn Authorizer>) {
+pub(crate) async fn install(scx: &ServerContext, authorizer: Arc<dyn Authorizer>, quotas: Quotas) {
     let handler = AuthHandler {
         scx: scx.clone(),
         authorizer,
+        quotas,
+        retained: Arc::new(Mutex::new(HashMap::new())),
         pending: Arc::new(Mutex::new(HashMap::new())),
         takeovers: Arc::new(Mutex::new(HashMap::new())),
         takeover_count: Arc::new(AtomicUsize::new(0)),
@@ -116,6 +127,9 @@ pub(crate) async fn install(scx: &ServerContext, authorizer: Arc<dyn Authorizer>
 struct AuthHandler {
     scx: ServerContext,
     authorizer: Arc<dyn Authorizer>,
+    quotas: Quotas,
+    /// The retained topics each owner (see [`retained_owner`]) has set since the broker started.
+    retained: Arc<Mutex<HashMap<String, std::collections::HashSet<String>>>>,
     pending: Arc<Mutex<HashMap<Id, (Identity, Instant)>>>,
     /// Persistent sessions being taken over: from the successor's authentication to its `ClientConnected`.
     takeovers: Arc<Mutex<HashMap<ClientId, Takeover>>>,
@@ -214,10 +228,17 @@ impl Handler for AuthHandler {
                 }
             }
             Parameter::MessagePublishCheckAcl(session, publish) => {
-                let allowed = match identity_of(session).await {
-                    Some(identity) => self.authorizer.may_publish(&identity, &publish.topic),
+                let identity = identity_of(session).await;
+                let allowed = match &identity {
+                    Some(identity) => self.authorizer.may_publish(identity, &publish.topic),
                     None => missing_identity(session),
                 };
+                if allowed && publish.retain && !self.retained_within_quota(identity.as_deref(), publish) {
+                    tracing::debug!(client_id = %session.id.client_id, topic = %publish.topic, "retained publish refused: quota");
+                    metrics::counter!("ferrite_broker_quota_refused_total", "quota" => "retained").increment(1);
+                    let refused = PublishAclResult::rejected(false, None);
+                    return (false, Some(HookResult::PublishAclResult(refused)));
+                }
                 if allowed {
                     // rmqtt routes the message right after this hook.
                     self.wait_for_takeovers(&publish.topic).await;
@@ -236,8 +257,36 @@ impl Handler for AuthHandler {
 }
 
 impl AuthHandler {
+    /// Whether a retained publish fits its owner's allowance of retained topics; records the topic if so.
+    /// Clearing a retained value (empty payload) always passes and frees its place.
+    fn retained_within_quota(&self, identity: Option<&Identity>, publish: &Publish) -> bool {
+        let Some(owner) = identity.and_then(retained_owner) else {
+            return true;
+        };
+        let mut retained = self.retained.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let topics = retained.entry(owner).or_default();
+        if publish.payload.is_empty() {
+            topics.remove(publish.topic.as_ref() as &str);
+            return true;
+        }
+        if topics.contains(publish.topic.as_ref() as &str) {
+            return true;
+        }
+        if topics.len() >= self.quotas.max_retained {
+            return false;
+        }
+        topics.insert(publish.topic.to_string());
+        true
+    }
+
     async fn authenticate(&self, connect_info: &ConnectInfo) -> AuthResult {
         let id = connect_info.id();
+        if let ConnectInfo::V5(_, connect) = connect_info
+            && Duration::from_secs(u64::from(connect.session_expiry_interval_secs)) > self.quotas.max_session_expiry
+        {
+            // rmqtt applies the clamp (its `max_session_expiry_interval`); counted here, where the request is seen.
+            metrics::counter!("ferrite_broker_quota_refused_total", "quota" => "session_expiry").increment(1);
+        }
         let remote = id.remote_addr.unwrap_or(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)));
         let decision = self
             .authorizer
@@ -481,6 +530,16 @@ fn count_dropped(publish: &Publish, reason: &Reason) {
         QoS::ExactlyOnce => "2",
     };
     metrics::counter!("ferrite_broker_messages_dropped_total", "reason" => reason, "qos" => qos).increment(1);
+}
+
+/// Whose allowance of retained topics a publish counts against: a device's own, one shared by every anonymous
+/// client (they choose their client ids freely), none for platform services.
+fn retained_owner(identity: &Identity) -> Option<String> {
+    match &identity.principal {
+        crate::auth::Principal::Device(id) => Some(format!("device:{id}")),
+        crate::auth::Principal::Anonymous => Some("anonymous".to_owned()),
+        crate::auth::Principal::Service(_) => None,
+    }
 }
 
 async fn will_be_removed(session: &Session) -> bool {

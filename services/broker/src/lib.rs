@@ -11,6 +11,7 @@
 //!   subscriptions) and listeners, and the orderly close of connections at shutdown.
 //! - `hooks`: rmqtt hooks that ask the [`Authorizer`], and that keep the takeover of a persistent session
 //!   (a client reconnecting under its id) from losing messages, which rmqtt 0.24 alone does.
+//! - [`Clients`] (`clients`): whether a client id is connected, and closing clients' connections.
 //! - `logging`: rmqtt's `log` records into `tracing`, quietly.
 //!
 //! # Limits measured in rmqtt 0.24
@@ -31,9 +32,11 @@
 #![forbid(unsafe_code)]
 
 pub mod auth;
+mod clients;
 mod engine;
 mod hooks;
 mod logging;
+mod origin;
 mod router;
 
 use std::fmt;
@@ -46,6 +49,7 @@ use tokio::runtime::Runtime;
 use tokio_util::sync::CancellationToken;
 
 pub use auth::{AllowAll, AuthDecision, Authorizer, BoxFuture, DenyReason, Identity, Principal};
+pub use clients::Clients;
 
 /// The standard MQTT port.
 pub const DEFAULT_MQTT_PORT: u16 = 1883;
@@ -53,6 +57,14 @@ pub const DEFAULT_MQTT_PORT: u16 = 1883;
 pub const DEFAULT_WS_PORT: u16 = 8083;
 /// Long enough for a client on a slow link to send CONNECT, short enough that idle sockets do not pile up.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// The longest a persistent session outlives its connection, whatever a v5 client asks for (Session Expiry Interval
+/// is clamped to it): an abandoned session holds its queue (up to 100,000 messages) until it expires. A week covers
+/// the ingester's own sessions (they ask for 7 days) and a device off over a long weekend.
+pub const DEFAULT_MAX_SESSION_EXPIRY: Duration = Duration::from_secs(7 * 24 * 60 * 60);
+/// Retained topics one device may hold at the broker (all anonymous clients together count as one): retained values
+/// live on disk forever, so one device must not fill it. A device has a status topic and one topic per metric.
+pub const DEFAULT_MAX_RETAINED_PER_CLIENT: usize = 1000;
+
 /// Under the working directory, next to the other `ferrite up` state.
 pub const DEFAULT_DATA_DIR: &str = "./.ferrite/broker";
 
@@ -85,6 +97,14 @@ pub struct Config {
     pub connect_timeout: Duration,
     /// Decides who may connect, publish and subscribe.
     pub authorizer: Arc<dyn Authorizer>,
+    /// Web pages (origins such as `https://app.example.com`; `*` for any) whose browsers may open the WebSocket
+    /// besides pages served from the broker's own address. Clients that send no `Origin` (everything but browsers)
+    /// are never refused for it. See `--allowed-origins`.
+    pub allowed_origins: Vec<String>,
+    /// See [`DEFAULT_MAX_SESSION_EXPIRY`] (`--max-session-expiry`).
+    pub max_session_expiry: Duration,
+    /// See [`DEFAULT_MAX_RETAINED_PER_CLIENT`] (`--max-retained-per-device`); platform services are not limited.
+    pub max_retained_per_client: usize,
 }
 
 impl Default for Config {
@@ -95,6 +115,9 @@ impl Default for Config {
             data_dir: PathBuf::from(DEFAULT_DATA_DIR),
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             authorizer: Arc::new(AllowAll),
+            allowed_origins: Vec::new(),
+            max_session_expiry: DEFAULT_MAX_SESSION_EXPIRY,
+            max_retained_per_client: DEFAULT_MAX_RETAINED_PER_CLIENT,
         }
     }
 }
@@ -106,6 +129,9 @@ impl fmt::Debug for Config {
             .field("ws_addr", &self.ws_addr)
             .field("data_dir", &self.data_dir)
             .field("connect_timeout", &self.connect_timeout)
+            .field("allowed_origins", &self.allowed_origins)
+            .field("max_session_expiry", &self.max_session_expiry)
+            .field("max_retained_per_client", &self.max_retained_per_client)
             .finish_non_exhaustive()
     }
 }
@@ -175,6 +201,9 @@ impl Drop for OwnedRuntime {
 impl Broker {
     /// Opens the data directory and binds the listeners (port 0 picks a free port).
     pub async fn bind(config: Config) -> Result<Broker, BrokerError> {
+        if config.max_session_expiry.is_zero() {
+            return Err(BrokerError::InvalidConfig { reason: "maximum session expiry must be more than zero".into() });
+        }
         if config.connect_timeout.is_zero() {
             return Err(BrokerError::InvalidConfig { reason: "connect timeout must be more than zero".into() });
         }
@@ -204,6 +233,12 @@ impl Broker {
         self.engine.mqtt_addr
     }
 
+    /// A handle on the connected clients (is one connected, close some), for the services beside the broker.
+    /// It stays usable while [`Broker::run`] serves.
+    pub fn clients(&self) -> Clients {
+        Clients::new(self.engine.scx.clone(), self.runtime.handle().clone())
+    }
+
     /// The address of the MQTT-over-WebSocket listener, if enabled.
     pub fn ws_addr(&self) -> Option<SocketAddr> {
         self.engine.ws_addr
@@ -213,8 +248,11 @@ impl Broker {
     /// (persistent sessions kept, Last Wills published), lets persistence reach the disk, and returns.
     /// The ports are free when it returns.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), BrokerError> {
-        let Broker { runtime, engine: engine::Engine { scx, server, .. } } = self;
+        let Broker { runtime, engine: engine::Engine { scx, server, ws_front, .. } } = self;
         let mut serving = runtime.handle().spawn(server.run());
+        let front = ws_front.map(|front| {
+            runtime.handle().spawn(origin::serve(front.listener, front.backend, front.policy, front.deadline))
+        });
         let outcome = tokio::select! {
             () = shutdown.cancelled() => Ok(()),
             ended = &mut serving => Err(BrokerError::Stopped(match ended {
@@ -227,6 +265,10 @@ impl Broker {
         // Dropping the server future drops its listeners, which frees the ports at once.
         serving.abort();
         let _ = (&mut serving).await;
+        if let Some(front) = front {
+            front.abort();
+            let _ = front.await;
+        }
         let closing = runtime.handle().spawn(async move { engine::close_connections(&scx).await });
         if let Err(join) = closing.await {
             tracing::warn!(cause = %join, "closing connections failed");

@@ -32,7 +32,9 @@ pub use error::CommandError;
 pub use grpc::{CommandsGrpc, grpc};
 pub use model::{Command, CommandState, SendCommand};
 pub use rest::{openapi, router};
-pub use service::{CommandService, CommandStats, DEFAULT_TIMEOUT, Limits, MAX_TIMEOUT, OFFLINE_EXPIRY};
+pub use service::{
+    CommandService, CommandStats, DEFAULT_TIMEOUT, Limits, MAX_TIMEOUT, OFFLINE_EXPIRY, Presence, PresenceFuture,
+};
 
 /// Where responses arrive: one subscription for the whole process.
 pub const RESPONSE_FILTER: &str = "commands/+/response";
@@ -48,6 +50,8 @@ pub struct Config {
     /// Each process needs its own; the default has a random suffix.
     pub client_id: String,
     pub limits: Limits,
+    /// Who says whether a device is connected; `None`: the `presence` table (see [`Presence`]).
+    pub presence: Option<std::sync::Arc<dyn Presence>>,
 }
 
 impl Config {
@@ -57,6 +61,7 @@ impl Config {
             credentials: None,
             client_id: format!("ferrite-commands-{:08x}", fastrand::u32(..)),
             limits: Limits::default(),
+            presence: None,
         }
     }
 }
@@ -69,6 +74,7 @@ impl std::fmt::Debug for Config {
             .field("username", &self.credentials.as_ref().map(|(user, _)| user))
             .field("client_id", &self.client_id)
             .field("limits", &self.limits)
+            .field("presence", &self.presence.as_ref().map(|_| "custom"))
             .finish()
     }
 }
@@ -93,7 +99,7 @@ impl Commands {
         session_config.credentials = config.credentials;
         session_config.subscriptions = vec![(RESPONSE_FILTER.to_owned(), QoS::AtLeastOnce)];
         let (session, events) = Session::start(session_config);
-        let service = CommandService::new(pool, session.clone(), limits);
+        let service = CommandService::new(pool, session.clone(), limits, config.presence);
         Ok(Commands { service, session, events })
     }
 

@@ -49,6 +49,19 @@ impl Default for Limits {
     }
 }
 
+/// A boxed, sendable future, so that [`Presence`] stays object safe.
+pub type PresenceFuture<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send + 'a>>;
+
+/// Who tells whether a device is connected, which decides between `sent` (await the answer) and `pending`.
+///
+/// Without one, the `presence` table answers; it is written by the ingester when the device's `online` message is
+/// stored, so it lags the broker (a command sent right after a device connected came back `pending`).
+/// `ferrite up` gives the embedded broker's own answer instead (a lookup in its client table).
+pub trait Presence: Send + Sync + 'static {
+    /// Whether the device is connected now (under its device id as client id, the platform's convention).
+    fn is_connected<'a>(&'a self, device_id: &'a str) -> PresenceFuture<'a>;
+}
+
 /// What the service has done, for tests and summaries.
 #[derive(Debug, Default)]
 pub struct CommandStats {
@@ -64,14 +77,16 @@ pub struct CommandService {
     pool: PgPool,
     session: Session,
     limits: Limits,
+    /// Asked before the `presence` table when set (see [`Presence`]).
+    presence: Option<Arc<dyn Presence>>,
     /// Senders waiting for an answer, by command id; the response handler wakes them after storing the answer.
     waiters: Arc<Mutex<HashMap<Uuid, oneshot::Sender<()>>>>,
     stats: Arc<CommandStats>,
 }
 
 impl CommandService {
-    pub(crate) fn new(pool: PgPool, session: Session, limits: Limits) -> Self {
-        CommandService { pool, session, limits, waiters: Arc::default(), stats: Arc::default() }
+    pub(crate) fn new(pool: PgPool, session: Session, limits: Limits, presence: Option<Arc<dyn Presence>>) -> Self {
+        CommandService { pool, session, limits, presence, waiters: Arc::default(), stats: Arc::default() }
     }
 
     pub fn stats(&self) -> Arc<CommandStats> {
@@ -102,9 +117,10 @@ impl CommandService {
         .bind(device.as_str())
         .fetch_optional(&self.pool)
         .await?;
-        let online = match known {
-            None => return Err(CommandError::DeviceNotFound(device.into_string())),
-            Some(online) => online.unwrap_or(false),
+        let online = match (known, &self.presence) {
+            (None, _) => return Err(CommandError::DeviceNotFound(device.into_string())),
+            (Some(_), Some(presence)) => presence.is_connected(device.as_str()).await,
+            (Some(online), None) => online.unwrap_or(false),
         };
         let id = Uuid::new_v4();
         let state = if online { CommandState::Sent } else { CommandState::Pending };

@@ -67,6 +67,15 @@ impl CredentialCache {
         Ok(verdict.valid)
     }
 
+    /// The finished, unexpired verdict for `(device, password)`, if any.
+    pub(crate) fn peek(&self, device: &str, password: &[u8]) -> Option<bool> {
+        let key = crate::secret::password_digest(password);
+        let now = Instant::now();
+        let entries = self.entries.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let verdict = entries.get(device)?.get(&key)?.get()?;
+        (!verdict.expired(now)).then_some(verdict.valid)
+    }
+
     /// The cell for a key: the existing one unless it has expired.
     fn cell(&self, device: &str, key: Key) -> Slot {
         let now = Instant::now();

@@ -57,7 +57,7 @@ pub use serve::{
     BODY_READ_TIMEOUT, DEFAULT_MAX_CONNECTIONS, GRPC_IDLE_TIMEOUT, GRPC_MAX_MESSAGE_BYTES, GRPC_REQUEST_TIMEOUT,
     HEADER_READ_TIMEOUT, MAX_BODY_BYTES, ServerLimits,
 };
-pub use service::RegistryService;
+pub use service::{DeviceConnections, RegistryService};
 
 use crate::access::ApiAccess;
 use crate::grpc::GrpcFace;

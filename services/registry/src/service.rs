@@ -1,6 +1,6 @@
 //! [`RegistryService`]: the one implementation of every registry operation; REST and gRPC only translate.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use chrono::{DateTime, Utc};
 use secrecy::ExposeSecret;
@@ -20,6 +20,24 @@ use crate::{RegistryError, secret};
 /// Presence changes buffered per watcher before it counts as lagging; a burst of a whole fleet going
 /// offline at once fits, a watcher that stopped reading does not hold memory forever.
 const PRESENCE_BUFFER: usize = 4096;
+
+/// Closes the live MQTT connections of a device (client id `{id}` or `{id}:suffix`) whose credentials stopped
+/// being valid: the broker checks credentials only at CONNECT, so without this a deleted device, or one whose
+/// secret was rotated because it leaked, would stay connected until it disconnects by itself.
+/// `ferrite up` wires its embedded broker in ([`ferrite_broker::Clients`] implements it).
+pub trait DeviceConnections: Send + Sync + 'static {
+    /// Closes them; returns how many were closed.
+    fn disconnect_device<'a>(&'a self, device_id: &'a str) -> ferrite_broker::BoxFuture<'a, usize>;
+}
+
+impl DeviceConnections for ferrite_broker::Clients {
+    fn disconnect_device<'a>(&'a self, device_id: &'a str) -> ferrite_broker::BoxFuture<'a, usize> {
+        let device_id = device_id.to_owned();
+        Box::pin(
+            self.disconnect_where(move |client_id| crate::authorizer::device_may_use_client_id(&device_id, client_id)),
+        )
+    }
+}
 
 /// Every device query selects these columns, so that one row type serves get, list, create and update.
 const DEVICE_COLUMNS: &str = "d.id, d.name, d.tags, d.metadata, d.auto_registered, d.created_at, d.updated_at,
@@ -41,6 +59,8 @@ struct Inner {
     presence: broadcast::Sender<PresenceChange>,
     /// Ends every presence watch, so that servers draining at shutdown do not wait for endless streams.
     watches_stop: CancellationToken,
+    /// The broker whose connections a deleted or rotated device loses; unset with an external broker.
+    connections: OnceLock<Arc<dyn DeviceConnections>>,
 }
 
 #[derive(sqlx::FromRow)]
@@ -103,7 +123,25 @@ impl RegistryService {
                 credentials: CredentialCache::default(),
                 presence,
                 watches_stop: CancellationToken::new(),
+                connections: OnceLock::new(),
             }),
+        }
+    }
+
+    /// Lets deletions and rotations close the device's live connections at `connections` (the embedded broker).
+    /// Set once; a later call is ignored (and returns false). Without it (a registry beside an external broker),
+    /// a deleted or rotated device's connection stays up until it ends, and only its next CONNECT is refused.
+    pub fn set_device_connections(&self, connections: Arc<dyn DeviceConnections>) -> bool {
+        self.inner.connections.set(connections).is_ok()
+    }
+
+    /// Closes the device's live connections, if a broker was given (see [`Self::set_device_connections`]).
+    async fn disconnect(&self, id: &str) {
+        if let Some(connections) = self.inner.connections.get() {
+            let closed = connections.disconnect_device(id).await;
+            if closed > 0 {
+                tracing::info!(device_id = %id, closed, "closed the device's live connections");
+            }
         }
     }
 
@@ -247,7 +285,8 @@ impl RegistryService {
         self.get_device(id).await
     }
 
-    /// Deletes a device with its credentials and presence; new MQTT connections with its credentials are refused at once.
+    /// Deletes a device with its credentials and presence; new MQTT connections with its credentials are refused at once,
+    /// and its live ones are closed when the broker is known ([`Self::set_device_connections`]).
     #[tracing::instrument(skip_all, fields(device_id = %id))]
     pub async fn delete_device(&self, id: &str) -> Result<(), RegistryError> {
         check_device_id(id)?;
@@ -256,11 +295,13 @@ impl RegistryService {
         if deleted.rows_affected() == 0 {
             return Err(RegistryError::DeviceNotFound(id.to_owned()));
         }
+        self.disconnect(id).await;
         tracing::info!("device deleted");
         Ok(())
     }
 
-    /// Issues a new secret; the old one stops working for new connections at once.
+    /// Issues a new secret; the old one stops working for new connections at once, and connections made with it are
+    /// closed when the broker is known ([`Self::set_device_connections`]).
     #[tracing::instrument(skip_all, fields(device_id = %id))]
     pub async fn rotate_credentials(&self, id: &str) -> Result<IssuedCredentials, RegistryError> {
         check_device_id(id)?;
@@ -277,8 +318,14 @@ impl RegistryService {
         store_secret_hash(&mut tx, id, &hash).await?;
         tx.commit().await?;
         self.inner.credentials.invalidate(id);
+        self.disconnect(id).await;
         tracing::info!("device credentials rotated");
         Ok(IssuedCredentials { device_id: id.to_owned(), secret })
+    }
+
+    /// The cached verdict on this device and password, if one is fresh; never checks anything itself.
+    pub fn cached_device_verdict(&self, id: &str, password: &[u8]) -> Option<bool> {
+        self.inner.credentials.peek(id, password)
     }
 
     /// Checks a device's MQTT password, through the short-lived cache.

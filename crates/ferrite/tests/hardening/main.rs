@@ -5,10 +5,13 @@
 //! - `browser`: the gateway's `/dashboard` (Origin, `subscribed` after the broker's grant, retained commands,
 //!   the browser cap, half-open HTTP connections).
 //! - `support`: one `ferrite up` on free ports, its addresses read from the banner, its database.
+//! - `identity`: who may connect as what (client-id rules, anonymous rights, a password-guessing flood, quotas,
+//!   closing a deleted device's connection, command presence, the broker's `/mqtt` Origin check).
 //! - `ingest`: poison messages and input bounds of the ingestion path (items 1 to 3).
 
 mod api;
 mod browser;
+mod identity;
 mod ingest;
 mod support;
 

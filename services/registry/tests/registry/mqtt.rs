@@ -204,7 +204,7 @@ async fn credentials_decide_who_connects() -> anyhow::Result<()> {
     let code = refused_v4(connect_v4(setup.v4_options("anon", None)).await?);
     assert_eq!(code, V4Code::NotAuthorized);
     // The service account with its secret.
-    let service = connect_v5(setup.v5_options("ingester", Some(("service:ingester", INGESTER_SECRET)))).await?;
+    let service = connect_v5(setup.v5_options("ferrite-ingester", Some(("service:ingester", INGESTER_SECRET)))).await?;
     assert!(service.is_ok());
     Ok(())
 }
@@ -377,7 +377,7 @@ async fn presence_stream_reports_a_device_whose_socket_dies() -> anyhow::Result<
     // The ingester turns `devices/+/status` into presence rows, with its service account.
     let mut ingest = ferrite_ingester::Config::new(setup.broker.url());
     ingest.credentials = Some(("service:ingester".into(), INGESTER_SECRET.into()));
-    ingest.client_id = "ingester-test".into();
+    ingest.client_id = "ferrite-ingester-test".into();
     let ingester = ferrite_ingester::Ingester::bind(ingest, setup.service.pool().clone()).await?;
     let stop = CancellationToken::new();
     let ingesting = tokio::spawn(ingester.run(stop.clone()));
