@@ -12,6 +12,7 @@
 
 pub mod device;
 pub mod limits;
+pub mod origin;
 pub mod payload;
 pub mod topic;
 

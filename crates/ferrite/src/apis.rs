@@ -32,7 +32,8 @@ impl PlatformApis {
     /// Connects the rules engine, the commands session and the live feed to `broker` as `login`
     /// (the `service:api` account). Live streams end when `stop_streams` is cancelled, so the registry can drain.
     /// `presence` says whether a device is connected (the embedded broker in `ferrite up`); without it the
-    /// `presence` table does.
+    /// `presence` table does. `window` is the readings' time window, the ingester's in `ferrite up`, so the rules engine
+    /// skips exactly what the ingester dead-letters.
     pub async fn bind(
         pool: &PgPool,
         broker: BrokerUrl,
@@ -40,6 +41,7 @@ impl PlatformApis {
         guard: ApiGuard,
         stop_streams: CancellationToken,
         presence: Option<Arc<dyn ferrite_commands::Presence>>,
+        window: ferrite_core::TimeWindow,
     ) -> anyhow::Result<PlatformApis> {
         let live =
             ferrite_query::LiveFeed::start(ferrite_query::LiveConfig::new(broker.clone(), login.clone()), stop_streams);
@@ -54,6 +56,7 @@ impl PlatformApis {
 
         let mut rules_config = ferrite_rules::EngineConfig::new(broker);
         rules_config.credentials = login;
+        rules_config.window = window;
         let rules = ferrite_rules::RulesEngine::bind(rules_config, pool.clone())
             .await
             .context("cannot start the rules engine (has `ferrite migrate` run?)")?;

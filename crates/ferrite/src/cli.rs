@@ -97,10 +97,10 @@ pub struct GatewayArgs {
 /// Which browsers the gateway serves.
 #[derive(Args, Debug, Clone)]
 pub struct BrowserArgs {
-    /// Origins of web pages served elsewhere that may open the /dashboard WebSocket, comma separated, as the
-    /// browser sends them: e.g. https://dash.example.com,http://localhost:3000. The dashboard served by the gateway
-    /// itself and clients that send no Origin (scripts) need no entry; "null" admits file:// pages and sandboxed
-    /// frames, "*" every page (not recommended).
+    /// Origins of web pages served elsewhere that may open the /dashboard WebSocket (and, in `ferrite up`, the
+    /// broker's /mqtt), comma separated, as the browser sends them: e.g. https://dash.example.com,http://localhost:3000.
+    /// The dashboard served by the gateway itself and clients that send no Origin (scripts, mqtt.js in Node, Paho)
+    /// need no entry; "null" admits file:// pages and sandboxed frames, "*" every page (not recommended).
     #[arg(long, env = "FERRITE_ALLOWED_ORIGINS", value_delimiter = ',')]
     pub allowed_origins: Vec<ferrite_gateway::AllowedOrigin>,
     /// Browsers served at once on /dashboard; one more is refused (503).
@@ -212,7 +212,7 @@ pub struct BrokerArgs {
     /// the broker's own address and clients that send no Origin (mqtt.js in Node, Paho, scripts) need no entry;
     /// "null" admits file:// pages and sandboxed frames, "*" every page (not recommended). Others get 403.
     #[arg(long, env = "FERRITE_ALLOWED_ORIGINS", value_delimiter = ',')]
-    pub allowed_origins: Vec<String>,
+    pub allowed_origins: Vec<ferrite_gateway::AllowedOrigin>,
 }
 
 /// How a service reaches the broker.
@@ -403,12 +403,6 @@ pub struct UpArgs {
     /// PostgreSQL to use instead of the private cluster.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
-    /// Origins of web pages served elsewhere whose browsers may open the broker's MQTT WebSocket (/mqtt), comma
-    /// separated, as the browser sends them: e.g. https://dash.example.com,http://localhost:3000. Pages served from
-    /// the broker's own address and clients that send no Origin (mqtt.js in Node, Paho, scripts) need no entry;
-    /// "null" admits file:// pages and sandboxed frames, "*" every page (not recommended). Others get 403.
-    #[arg(long, env = "FERRITE_ALLOWED_ORIGINS", value_delimiter = ',')]
-    pub allowed_origins: Vec<String>,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -512,6 +506,11 @@ fn check_ingest(ingest: &IngestArgs) -> anyhow::Result<()> {
 }
 
 impl IngestArgs {
+    /// How far back and ahead a reading's time may lie (`--max-reading-age`, `--max-reading-skew`).
+    pub fn time_window(&self) -> ferrite_core::TimeWindow {
+        ferrite_core::TimeWindow { max_age: self.max_reading_age, max_skew: self.max_reading_skew }
+    }
+
     pub fn config(&self, broker: BrokerUrl, credentials: Option<(String, String)>) -> ferrite_ingester::Config {
         let mut config = ferrite_ingester::Config::new(broker);
         config.client_id = self.client_id.clone();
@@ -522,8 +521,7 @@ impl IngestArgs {
         config.batch_interval = self.batch_interval;
         config.sessions = self.sessions;
         config.limits.max_payload = self.max_payload;
-        config.limits.window =
-            ferrite_core::TimeWindow { max_age: self.max_reading_age, max_skew: self.max_reading_skew };
+        config.limits.window = self.time_window();
         config.limits.dead_letter_retention = self.dead_letter_retention;
         config
     }

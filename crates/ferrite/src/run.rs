@@ -113,7 +113,7 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     ];
     let service = RegistryService::new(database.pool.clone());
     let mut broker_config = args.listen.broker_config(&args.data);
-    broker_config.allowed_origins = args.allowed_origins.clone();
+    broker_config.allowed_origins = args.browsers.allowed_origins.clone();
     broker_config.authorizer =
         registry_authorizer(service.clone(), &broker_config, args.api.allow_anonymous, accounts)?;
     let broker = Broker::bind(broker_config).await.context("cannot start the broker")?;
@@ -135,6 +135,7 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         guard,
         stop_registry.clone(),
         Some(presence),
+        args.ingest.time_window(),
     )
     .await?;
     let (extension, api_tasks) = apis.start();
@@ -383,6 +384,7 @@ async fn registry(args: RegistryArgs) -> anyhow::Result<()> {
         guard,
         shutdown.clone(),
         None,
+        ferrite_core::TimeWindow::default(),
     )
     .await?;
     let (extension, api_tasks) = apis.start();

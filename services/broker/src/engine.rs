@@ -63,7 +63,7 @@ pub(crate) struct Engine {
 pub(crate) struct WsFront {
     pub(crate) listener: tokio::net::TcpListener,
     pub(crate) backend: SocketAddr,
-    pub(crate) policy: Arc<crate::origin::OriginPolicy>,
+    pub(crate) policy: Arc<ferrite_core::origin::OriginPolicy>,
     /// The request head must arrive within this (the CONNECT deadline).
     pub(crate) deadline: std::time::Duration,
 }
@@ -201,7 +201,8 @@ fn ws_listener(config: &Config, addr: SocketAddr) -> Result<(Listener, WsFront),
         .ws()
         .map_err(|e| BrokerError::Startup(format!("websocket listener: {e:#}")))?;
     let backend = local_addr(&ws, private)?;
-    let policy = Arc::new(crate::origin::OriginPolicy::new(&config.allowed_origins));
+    let policy =
+        Arc::new(ferrite_core::origin::OriginPolicy::new(config.allowed_origins.clone(), addr.ip().is_loopback()));
     Ok((ws, WsFront { listener: public, backend, policy, deadline: config.connect_timeout }))
 }
 

@@ -99,8 +99,8 @@ pub struct Config {
     pub authorizer: Arc<dyn Authorizer>,
     /// Web pages (origins such as `https://app.example.com`; `*` for any) whose browsers may open the WebSocket
     /// besides pages served from the broker's own address. Clients that send no `Origin` (everything but browsers)
-    /// are never refused for it. See `--allowed-origins`.
-    pub allowed_origins: Vec<String>,
+    /// are never refused for it. See `--allowed-origins` and [`ferrite_core::origin`].
+    pub allowed_origins: Vec<ferrite_core::origin::AllowedOrigin>,
     /// See [`DEFAULT_MAX_SESSION_EXPIRY`] (`--max-session-expiry`).
     pub max_session_expiry: Duration,
     /// See [`DEFAULT_MAX_RETAINED_PER_CLIENT`] (`--max-retained-per-device`); platform services are not limited.

@@ -8,12 +8,15 @@
 //! loopback port, prefixed with a PROXY protocol v1 line so that rmqtt (and the authorizer, whose per-source budget
 //! depends on it) still sees the client's own address. From then on it copies bytes both ways.
 //!
-//! Allowed: no `Origin` at all (mqtt.js in Node, Paho, every non-browser client), an `Origin` whose host and port are
-//! the request's `Host` (a page served from the broker's own address), and the configured allow list.
+//! The rule is the gateway's, [`ferrite_core::origin::OriginPolicy`]: no `Origin` at all (mqtt.js in Node, Paho, every
+//! non-browser client), an `Origin` whose host and port are the request's `Host` (a page served from the broker's own
+//! address; under a loopback name when the broker listens on loopback), and the configured allow list.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
+
+use ferrite_core::origin::OriginPolicy;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -23,35 +26,6 @@ pub(crate) const MAX_REQUEST_HEAD: usize = 8 * 1024;
 
 /// How long rmqtt's private listener waits for our PROXY line; we send it at once.
 pub(crate) const PROXY_HEADER_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// Which `Origin`s may open a WebSocket besides the broker's own (see the module docs).
-#[derive(Debug, Clone, Default)]
-pub(crate) struct OriginPolicy {
-    /// Lower-case, without a trailing `/`; `*` allows every origin.
-    allowed: Vec<String>,
-}
-
-impl OriginPolicy {
-    pub(crate) fn new(allowed: &[String]) -> Self {
-        OriginPolicy { allowed: allowed.iter().map(|origin| normalize(origin)).collect() }
-    }
-
-    /// Whether a request with these `Origin` and `Host` headers may upgrade.
-    pub(crate) fn admits(&self, origin: Option<&str>, host: Option<&str>) -> bool {
-        let Some(origin) = origin else { return true };
-        let origin = normalize(origin);
-        if self.allowed.iter().any(|allowed| allowed == "*" || *allowed == origin) {
-            return true;
-        }
-        // Same origin: the page came from the address the browser is now connecting to.
-        let authority = origin.split_once("://").map_or("", |(_, rest)| rest);
-        host.is_some_and(|host| !authority.is_empty() && host.trim().eq_ignore_ascii_case(authority))
-    }
-}
-
-fn normalize(origin: &str) -> String {
-    origin.trim().trim_end_matches('/').to_ascii_lowercase()
-}
 
 /// The value of header `name` in an HTTP request head (the first one).
 fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
@@ -101,10 +75,10 @@ async fn relay(
     };
     let text = String::from_utf8_lossy(&head);
     let origin = header(&text, "origin");
-    if !policy.admits(origin, header(&text, "host")) {
+    if let Err(refusal) = policy.check(origin, header(&text, "host")) {
         metrics::counter!("ferrite_broker_ws_refused_total", "reason" => "origin").increment(1);
-        tracing::debug!(%peer, origin = origin.unwrap_or_default(), "websocket refused: foreign Origin");
-        let body = "this Origin may not open the broker's WebSocket (see --allowed-origins)\n";
+        tracing::debug!(%peer, origin = refusal.origin(), "websocket refused: {refusal}");
+        let body = format!("{refusal}\n");
         let response = format!(
             "HTTP/1.1 403 Forbidden\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
             body.len()
@@ -178,23 +152,6 @@ mod tests {
     }
 
     #[test]
-    fn origins() {
-        let none = OriginPolicy::new(&[]);
-        assert!(none.admits(None, Some("127.0.0.1:8083")), "non-browser clients send no Origin");
-        assert!(!none.admits(Some("https://evil.example"), Some("127.0.0.1:8083")));
-        assert!(none.admits(Some("http://127.0.0.1:8083"), Some("127.0.0.1:8083")), "same origin");
-        assert!(none.admits(Some("HTTP://LOCALHOST:8083/"), Some("localhost:8083")), "same origin, any case");
-        assert!(!none.admits(Some("http://127.0.0.1:8080"), Some("127.0.0.1:8083")), "another port is another origin");
-        assert!(!none.admits(Some("null"), Some("127.0.0.1:8083")), "a sandboxed page");
-        assert!(!none.admits(Some("https://evil.example"), None));
-
-        let listed = OriginPolicy::new(&["https://app.example.com/".into()]);
-        assert!(listed.admits(Some("https://app.example.com"), Some("broker:8083")));
-        assert!(!listed.admits(Some("https://app.example.com.evil.example"), Some("broker:8083")));
-        assert!(OriginPolicy::new(&["*".into()]).admits(Some("https://evil.example"), None));
-    }
-
-    #[test]
     fn proxy_lines() {
         let v4 = |s: &str| s.parse::<SocketAddr>().expect("an address");
         assert_eq!(
@@ -216,10 +173,10 @@ mod tests {
         #[test]
         fn any_request_head_is_judged_without_panicking(head in ".{0,300}", origin in "[a-z]{1,12}", host in "[0-9.:]{0,20}") {
             let _ = header(&head, "origin");
-            let policy = OriginPolicy::new(&["https://allowed.example".into()]);
+            let policy = OriginPolicy::new(vec!["https://allowed.example".parse().expect("an origin")], true);
             let foreign = format!("https://{origin}.evil.example");
-            proptest::prop_assert!(!policy.admits(Some(&foreign), Some(&host)));
-            proptest::prop_assert!(policy.admits(None, Some(&host)));
+            proptest::prop_assert!(policy.check(Some(&foreign), Some(&host)).is_err());
+            proptest::prop_assert!(policy.check(None, Some(&host)).is_ok());
         }
     }
 }

@@ -16,7 +16,6 @@
 //! - `queue`: one browser's bounded queue of updates, filled by the hub and emptied by its writer.
 //! - [`filter`]: MQTT filter validation and matching.
 //! - [`policy`]: [`PublishPolicy`], who may publish from a browser (everyone, until the registry's tokens).
-//! - [`origin`]: [`OriginPolicy`], which web pages may open `/dashboard` (same origin, or `--allowed-origins`).
 //! - `server`: the HTTP/1 accept loop with its bounds (header-read timeout, connection cap).
 //! - `assets`: the dashboard's files (`assets/` in this crate), embedded in the binary.
 
@@ -25,7 +24,6 @@ pub mod client;
 pub mod filter;
 pub mod http;
 mod hub;
-pub mod origin;
 pub mod policy;
 pub mod protocol;
 mod queue;
@@ -45,9 +43,9 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub use ferrite_core::origin::{AllowedOrigin, OriginPolicy};
 pub use http::router;
 pub use hub::ClientStats;
-pub use origin::{AllowedOrigin, OriginPolicy};
 pub use policy::{AdmitFuture, AllowAll, ClientInfo, PublishPolicy};
 pub use server::{HEADER_READ_TIMEOUT, HTTP_HEADROOM};
 
@@ -96,7 +94,7 @@ pub struct Config {
     pub client_queue: usize,
     /// Who may publish from a browser; [`AllowAll`] by default.
     pub publish_policy: Arc<dyn PublishPolicy>,
-    /// Origins of pages served elsewhere that may open `/dashboard` (`--allowed-origins`); see [`origin`].
+    /// Origins of pages served elsewhere that may open `/dashboard` (`--allowed-origins`); see [`OriginPolicy`].
     pub allowed_origins: Vec<AllowedOrigin>,
     /// Browsers served at once; see [`DEFAULT_MAX_BROWSERS`].
     pub max_browsers: usize,

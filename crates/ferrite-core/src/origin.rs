@@ -1,11 +1,12 @@
-//! Which web pages may open `/dashboard`: the `Origin` check made before the WebSocket upgrade.
+//! Which web pages may open our WebSockets (the gateway's `/dashboard`, the broker's `/mqtt`): the `Origin` check
+//! made before the upgrade, one rule for both.
 //!
 //! Browsers attach `Origin` to every WebSocket handshake and let any page open a socket to any host, so without
 //! this check every page the user visits could read the live feed and publish (`commands/...`) through a gateway
-//! on their machine or network. Admitted are:
+//! or broker on their machine or network (on loopback, anonymously). Admitted are:
 //! - requests without `Origin`: not from a browser (curl, our node and Python tests, `tokio-tungstenite`);
 //! - the same origin: `Origin`'s host and port are the request's `Host` (the dashboard served by this gateway).
-//!   On a gateway that listens on loopback only, the host must also be a loopback name (`localhost`,
+//!   On a server that listens on loopback only, the host must also be a loopback name (`localhost`,
 //!   `*.localhost`, `127.x.y.z`, `[::1]`): a page whose name an attacker re-points at 127.0.0.1 (DNS rebinding)
 //!   is "same origin" by `Host`, but is not the user's;
 //! - the origins in the allow list (`--allowed-origins`), compared exactly after normalising case and default ports.
@@ -137,7 +138,7 @@ fn is_loopback_host(host: &str) -> bool {
 pub enum Refusal {
     /// Another site, or `null`, or a malformed `Origin`.
     Foreign { origin: String },
-    /// Same origin by `Host`, but a non-loopback name on a loopback gateway (DNS rebinding).
+    /// Same origin by `Host`, but a non-loopback name on a loopback server (DNS rebinding).
     Rebinding { origin: String },
 }
 
@@ -161,13 +162,13 @@ impl fmt::Display for Refusal {
         match self {
             Refusal::Foreign { .. } => write!(
                 f,
-                "origin {origin:?} may not open /dashboard: only pages served by this gateway and the origins in \
+                "origin {origin:?} may not open this WebSocket: only pages served from this address and the origins in \
                  --allowed-origins may (to admit it, start ferrite with --allowed-origins {allow} \
                  or FERRITE_ALLOWED_ORIGINS={allow})"
             ),
             Refusal::Rebinding { .. } => write!(
                 f,
-                "origin {origin:?} may not open /dashboard: this gateway listens on loopback, and a page under \
+                "origin {origin:?} may not open this WebSocket: this server listens on loopback, and a page under \
                  another name than localhost may be a DNS-rebinding attack (if it is yours, start ferrite with \
                  --allowed-origins {allow} or FERRITE_ALLOWED_ORIGINS={allow})"
             ),
@@ -175,11 +176,11 @@ impl fmt::Display for Refusal {
     }
 }
 
-/// The gateway's rule for `Origin`.
+/// The rule for `Origin` of one WebSocket listener.
 #[derive(Debug, Clone, Default)]
 pub struct OriginPolicy {
     allowed: Vec<AllowedOrigin>,
-    /// The gateway listens on loopback only: same-origin pages must be under a loopback name.
+    /// The listener is on loopback only: same-origin pages must be under a loopback name.
     loopback: bool,
 }
 
