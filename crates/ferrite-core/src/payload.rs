@@ -198,6 +198,8 @@ fn partial(value: f64, ts: DateTime<Utc>, unit: Option<String>) -> Result<Readin
     if unit.as_ref().is_some_and(|u| u.len() > MAX_UNIT_LEN || u.chars().any(char::is_control)) {
         return Err(PayloadError::Unit);
     }
+    // An empty unit is no unit, in JSON as in protobuf (where "" is the field's default).
+    let unit = unit.filter(|u| !u.is_empty());
     Ok(Reading {
         device: DeviceId::new("_").expect("\"_\" is a valid id"),
         metric: String::new(),
@@ -447,6 +449,12 @@ mod tests {
         let open = TimeWindow { max_age: std::time::Duration::MAX, max_skew: std::time::Duration::MAX };
         assert_eq!(open.check(far, now()), Ok(()));
         assert_eq!(open.check(DateTime::<Utc>::MIN_UTC, now()), Ok(()));
+    }
+
+    #[test]
+    fn an_empty_unit_is_no_unit() {
+        let t = now().timestamp_millis();
+        check("sensors/d1/temperature", br#"{"unit":"","value":0.0}"#, None, Ok(vec![("temperature", 0.0, t, None)]));
     }
 
     #[test]
