@@ -8,6 +8,15 @@
 //! - `database`: `DATABASE_URL`, or a private PostgreSQL cluster under the data directory.
 //! - `policy`: API tokens for browser publishes through the gateway, checked against the registry.
 
+/// Prints a line of the banner or the goodbye to stdout, and carries on if stdout is gone (a closed terminal,
+/// `ferrite up | head`): `println!` would panic there, and a service must not stop because nobody reads its banner.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 mod apis;
 mod cli;
 mod database;

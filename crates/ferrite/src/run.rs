@@ -183,23 +183,23 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         tracing::warn!("the ingester has not subscribed yet; readings published before it does are not stored");
     }
 
-    println!("Ferrite is running");
-    println!("  MQTT            mqtt://{mqtt_addr}");
+    say!("Ferrite is running");
+    say!("  MQTT            mqtt://{mqtt_addr}");
     if let Some(ws) = ws_addr {
-        println!("  MQTT/WebSocket  ws://{ws}/mqtt");
+        say!("  MQTT/WebSocket  ws://{ws}/mqtt");
     }
-    println!("  Registry REST   http://{rest_addr}/api/v1/devices  (OpenAPI: http://{rest_addr}/openapi.json)");
-    println!("  Registry gRPC   http://{grpc_addr}  (reflection on)");
-    println!(
+    say!("  Registry REST   http://{rest_addr}/api/v1/devices  (OpenAPI: http://{rest_addr}/openapi.json)");
+    say!("  Registry gRPC   http://{grpc_addr}  (reflection on)");
+    say!(
         "  Telemetry API   http://{rest_addr}/api/v1/devices/{{id}}/telemetry  (and /latest, /commands; /api/v1/rules, /api/v1/alerts)"
     );
-    println!("  Metrics         http://{http_addr}/metrics");
-    println!("  PostgreSQL      {}", database.description);
-    println!("  Live WebSocket  ws://{http_addr}/dashboard");
+    say!("  Metrics         http://{http_addr}/metrics");
+    say!("  PostgreSQL      {}", database.description);
+    say!("  Live WebSocket  ws://{http_addr}/dashboard");
     let fleet_task: Option<Task> = if args.fleet > 0 {
         let mut config = args.sim.config(broker_url, args.fleet, None);
         config.provisioner = Some(provisioner);
-        println!(
+        say!(
             "  Fleet           {} devices, {} .. {}, a reading per metric every {}",
             args.fleet,
             config.device_id(0),
@@ -215,8 +215,8 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     } else {
         None
     };
-    println!("Dashboard: http://{http_addr}/");
-    println!("Press Ctrl-C to stop.");
+    say!("Dashboard: http://{http_addr}/");
+    say!("Press Ctrl-C to stop.");
 
     tokio::select! {
         _ = shutdown.cancelled() => {}
@@ -252,7 +252,7 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         shutdown::join("broker", broker_task).await;
     }
     database.close().await;
-    println!("Ferrite stopped: {} readings stored this run.", ingest_stats.stored());
+    say!("Ferrite stopped: {} readings stored this run.", ingest_stats.stored());
     Ok(())
 }
 
@@ -296,11 +296,11 @@ async fn broker(args: BrokerArgs) -> anyhow::Result<()> {
     }
     let broker = Broker::bind(config).await.context("cannot start the broker")?;
     let metrics = MetricsServer::bind(args.metrics_addr).await?;
-    println!("MQTT            mqtt://{}", broker.mqtt_addr());
+    say!("MQTT            mqtt://{}", broker.mqtt_addr());
     if let Some(ws) = broker.ws_addr() {
-        println!("MQTT/WebSocket  ws://{ws}/mqtt");
+        say!("MQTT/WebSocket  ws://{ws}/mqtt");
     }
-    println!("Metrics         http://{}/metrics", metrics.local_addr());
+    say!("Metrics         http://{}/metrics", metrics.local_addr());
     let metrics_task = tokio::spawn(metrics.run(shutdown.clone()));
     broker.run(shutdown).await?;
     shutdown::join("metrics", metrics_task).await;
@@ -318,7 +318,7 @@ async fn ingester(args: IngesterArgs) -> anyhow::Result<()> {
     // Every ingester may run retention: dropping a partition is idempotent and the rollup takes a lock.
     let retention = apis::start_retention(&args.retention, &pool, &shutdown)?;
     let metrics = MetricsServer::bind(args.metrics_addr).await?;
-    println!(
+    say!(
         "Ingesting from {} into PostgreSQL; metrics on http://{}/metrics",
         args.client.broker_url,
         metrics.local_addr()
@@ -342,7 +342,7 @@ async fn fleet(args: FleetArgs) -> anyhow::Result<()> {
     fleet.run(shutdown.clone()).await?;
     shutdown.cancel();
     shutdown::join("metrics", metrics_task).await;
-    println!(
+    say!(
         "fleet: {} readings sent, {} still unacknowledged at exit",
         stats.readings.load(Ordering::Relaxed),
         stats.unacknowledged.load(Ordering::Relaxed)
@@ -363,8 +363,8 @@ async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
             Arc::new(crate::policy::TokenPolicy::new(RegistryService::new(pool), args.http_addr, args.allow_anonymous));
     }
     let gateway = ferrite_gateway::Gateway::bind(config).await.context("cannot start the gateway")?;
-    println!("Dashboard       http://{}/", gateway.local_addr());
-    println!("Live WebSocket  ws://{}/dashboard", gateway.local_addr());
+    say!("Dashboard       http://{}/", gateway.local_addr());
+    say!("Live WebSocket  ws://{}/dashboard", gateway.local_addr());
     gateway.run(shutdown).await?;
     Ok(())
 }
@@ -389,9 +389,9 @@ async fn registry(args: RegistryArgs) -> anyhow::Result<()> {
     .await?;
     let (extension, api_tasks) = apis.start();
     let registry = registry.with_extension(extension);
-    println!("Registry REST   http://{}/api/v1/devices", registry.rest_addr());
-    println!("Registry gRPC   http://{}", registry.grpc_addr());
-    println!("Rules, alerts, commands and live telemetry through {}", args.client.broker_url);
+    say!("Registry REST   http://{}/api/v1/devices", registry.rest_addr());
+    say!("Registry gRPC   http://{}", registry.grpc_addr());
+    say!("Rules, alerts, commands and live telemetry through {}", args.client.broker_url);
     let result = registry.run(shutdown).await;
     api_tasks.stop().await;
     result?;
@@ -400,7 +400,7 @@ async fn registry(args: RegistryArgs) -> anyhow::Result<()> {
 
 async fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
     let database = Database::open(args.database_url.as_deref(), &args.data.data_dir).await?;
-    println!("migrations applied: {}", database.description);
+    say!("migrations applied: {}", database.description);
     database.close().await;
     Ok(())
 }

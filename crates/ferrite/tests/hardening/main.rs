@@ -35,3 +35,37 @@ async fn the_harness_reaches_every_listener() -> anyhow::Result<()> {
     assert!(status.success(), "ferrite up exited with {status}");
     Ok(())
 }
+
+/// Nobody reading stdout any more (a closed terminal, `ferrite up | head`) must not turn a clean stop into a panic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_stdout_does_not_spoil_the_stop() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut child = support::spawn(
+        &[
+            "up",
+            "--mqtt-addr",
+            "127.0.0.1:0",
+            "--ws-addr",
+            "127.0.0.1:0",
+            "--http-addr",
+            "127.0.0.1:0",
+            "--rest-addr",
+            "127.0.0.1:0",
+            "--grpc-addr",
+            "127.0.0.1:0",
+        ],
+        &dir.path().join("state"),
+    )?;
+    let stdout = child.stdout.take().expect("stdout is piped");
+    // Read the banner, then close our end of the pipe: the goodbye line meets a closed pipe.
+    tokio::task::spawn_blocking(move || {
+        use std::io::BufRead;
+        let mut lines = std::io::BufReader::new(stdout).lines();
+        lines.by_ref().map_while(Result::ok).find(|line| line.starts_with("Press Ctrl-C"))
+    })
+    .await?
+    .expect("the banner ends with Press Ctrl-C");
+    let status = support::terminate(child).await?;
+    assert!(status.success(), "ferrite up exited with {status} after its stdout closed");
+    Ok(())
+}
