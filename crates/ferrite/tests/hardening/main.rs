@@ -40,22 +40,7 @@ async fn the_harness_reaches_every_listener() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_closed_stdout_does_not_spoil_the_stop() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let mut child = support::spawn(
-        &[
-            "up",
-            "--mqtt-addr",
-            "127.0.0.1:0",
-            "--ws-addr",
-            "127.0.0.1:0",
-            "--http-addr",
-            "127.0.0.1:0",
-            "--rest-addr",
-            "127.0.0.1:0",
-            "--grpc-addr",
-            "127.0.0.1:0",
-        ],
-        &dir.path().join("state"),
-    )?;
+    let mut child = support::spawn(&support::up_args(&[]), &dir.path().join("state"))?;
     let stdout = child.stdout.take().expect("stdout is piped");
     // Read the banner, then close our end of the pipe: the goodbye line meets a closed pipe.
     tokio::task::spawn_blocking(move || {

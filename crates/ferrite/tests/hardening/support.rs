@@ -44,12 +44,7 @@ impl Platform {
 
     /// Like [`Platform::up`] with `--data-dir data_dir`; `dir`, if any, is removed when the platform is dropped.
     pub async fn up_in(dir: Option<tempfile::TempDir>, data_dir: PathBuf, extra: &[&str]) -> anyhow::Result<Platform> {
-        let mut args: Vec<&str> = vec!["up"];
-        for flag in ["--mqtt-addr", "--ws-addr", "--http-addr", "--rest-addr", "--grpc-addr"] {
-            args.extend([flag, "127.0.0.1:0"]);
-        }
-        args.extend(extra);
-        let mut child = spawn(&args, &data_dir)?;
+        let mut child = spawn(&up_args(extra), &data_dir)?;
         let stdout = child.stdout.take().context("stdout is piped")?;
         let output = Arc::new(Mutex::new(Vec::new()));
         let rest_of_output = output.clone();
@@ -123,6 +118,16 @@ impl Drop for Platform {
             let _ = child.wait();
         }
     }
+}
+
+/// `up` with every listener on 127.0.0.1 port 0, then `extra`.
+pub fn up_args<'a>(extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args: Vec<&str> = vec!["up"];
+    for flag in ["--mqtt-addr", "--ws-addr", "--http-addr", "--rest-addr", "--grpc-addr"] {
+        args.extend([flag, "127.0.0.1:0"]);
+    }
+    args.extend(extra);
+    args
 }
 
 /// The `ferrite` binary under test.
