@@ -36,6 +36,7 @@ mod clients;
 mod engine;
 mod hooks;
 mod logging;
+pub mod native;
 mod origin;
 mod router;
 
@@ -105,6 +106,45 @@ pub struct Config {
     pub max_session_expiry: Duration,
     /// See [`DEFAULT_MAX_RETAINED_PER_CLIENT`] (`--max-retained-per-device`); platform services are not limited.
     pub max_retained_per_client: usize,
+    /// Which engine does the MQTT work (`--engine`): rmqtt until Ferrite's own passes every test (issue 13).
+    pub engine: EngineKind,
+    /// When a QoS 1/2 message is safe on disk (Ferrite's engine only; rmqtt's sled flushes every 500 ms).
+    pub durability: native::Durability,
+    /// MQTT 5 Server Keep Alive: when set, every v5 client is told to use this keep-alive instead of its own
+    /// (and 3.1.1 clients are held to it). Ferrite's engine only.
+    pub server_keep_alive: Option<Duration>,
+    /// MQTT 5 Topic Alias Maximum the broker accepts from each client (0 turns inbound aliases off). Ferrite's engine only.
+    pub topic_alias_maximum: u16,
+}
+
+/// The MQTT engine inside the broker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum EngineKind {
+    /// rmqtt 0.24 with our hooks (the default until Ferrite's engine passes every broker, pipeline and acceptance test).
+    #[default]
+    Rmqtt,
+    /// Ferrite's own engine (`native`), over `ferrite-mqtt-codec`.
+    Ferrite,
+}
+
+impl std::str::FromStr for EngineKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "rmqtt" => Ok(EngineKind::Rmqtt),
+            "ferrite" => Ok(EngineKind::Ferrite),
+            other => Err(format!("unknown broker engine {other:?}: expected \"ferrite\" or \"rmqtt\"")),
+        }
+    }
+}
+
+impl fmt::Display for EngineKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            EngineKind::Rmqtt => "rmqtt",
+            EngineKind::Ferrite => "ferrite",
+        })
+    }
 }
 
 impl Default for Config {
@@ -118,6 +158,10 @@ impl Default for Config {
             allowed_origins: Vec::new(),
             max_session_expiry: DEFAULT_MAX_SESSION_EXPIRY,
             max_retained_per_client: DEFAULT_MAX_RETAINED_PER_CLIENT,
+            engine: EngineKind::default(),
+            durability: native::Durability::default(),
+            server_keep_alive: None,
+            topic_alias_maximum: native::DEFAULT_TOPIC_ALIAS_MAXIMUM,
         }
     }
 }
@@ -132,6 +176,10 @@ impl fmt::Debug for Config {
             .field("allowed_origins", &self.allowed_origins)
             .field("max_session_expiry", &self.max_session_expiry)
             .field("max_retained_per_client", &self.max_retained_per_client)
+            .field("engine", &self.engine)
+            .field("durability", &self.durability)
+            .field("server_keep_alive", &self.server_keep_alive)
+            .field("topic_alias_maximum", &self.topic_alias_maximum)
             .finish_non_exhaustive()
     }
 }
@@ -206,6 +254,11 @@ impl Broker {
         }
         if config.connect_timeout.is_zero() {
             return Err(BrokerError::InvalidConfig { reason: "connect timeout must be more than zero".into() });
+        }
+        if config.engine == EngineKind::Ferrite {
+            return Err(BrokerError::InvalidConfig {
+                reason: "Ferrite's own engine is not built yet (issue 13)".into(),
+            });
         }
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|source| BrokerError::DataDir { path: config.data_dir.clone(), source })?;

@@ -7,7 +7,7 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ferrite_broker::{AllowAll, Authorizer, Broker, Config};
+use ferrite_broker::{AllowAll, Authorizer, Broker, Config, EngineKind};
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdout, Command};
@@ -62,9 +62,18 @@ pub fn init_test_log() {
     }
 }
 
-/// The configuration every test starts from: loopback, port 0, the given data directory.
+/// The engine under test: `FERRITE_BROKER_ENGINE=ferrite|rmqtt` (rmqtt, the default engine, when unset).
+pub fn engine() -> EngineKind {
+    match std::env::var("FERRITE_BROKER_ENGINE") {
+        Ok(name) => name.parse().unwrap_or_else(|e| panic!("FERRITE_BROKER_ENGINE: {e}")),
+        Err(_) => EngineKind::default(),
+    }
+}
+
+/// The configuration every test starts from: loopback, port 0, the given data directory, the engine under test.
 pub fn test_config(data_dir: &Path) -> Config {
     Config {
+        engine: engine(),
         mqtt_addr: "127.0.0.1:0".parse().expect("a literal socket address parses"),
         ws_addr: Some("127.0.0.1:0".parse().expect("a literal socket address parses")),
         data_dir: data_dir.to_path_buf(),
