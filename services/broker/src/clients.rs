@@ -13,9 +13,17 @@ use tokio::runtime::Handle;
 /// (afterwards every client counts as disconnected and nothing is closed).
 #[derive(Clone)]
 pub struct Clients {
-    scx: ServerContext,
-    /// The broker's own runtime, where rmqtt's state lives and its tasks run.
-    runtime: Handle,
+    inner: Inner,
+}
+
+#[derive(Clone)]
+enum Inner {
+    Rmqtt {
+        scx: ServerContext,
+        /// The broker's own runtime, where rmqtt's state lives and its tasks run.
+        runtime: Handle,
+    },
+    Ferrite(crate::native::NativeClients),
 }
 
 impl std::fmt::Debug for Clients {
@@ -25,15 +33,22 @@ impl std::fmt::Debug for Clients {
 }
 
 impl Clients {
-    pub(crate) fn new(scx: ServerContext, runtime: Handle) -> Self {
-        Clients { scx, runtime }
+    pub(crate) fn rmqtt(scx: ServerContext, runtime: Handle) -> Self {
+        Clients { inner: Inner::Rmqtt { scx, runtime } }
+    }
+
+    pub(crate) fn ferrite(clients: crate::native::NativeClients) -> Self {
+        Clients { inner: Inner::Ferrite(clients) }
     }
 
     /// Whether a client is connected under exactly this client id now: one lookup in the broker's client table.
     pub async fn is_connected(&self, client_id: &str) -> bool {
-        let scx = self.scx.clone();
+        let (scx, runtime) = match &self.inner {
+            Inner::Rmqtt { scx, runtime } => (scx.clone(), runtime),
+            Inner::Ferrite(clients) => return clients.is_connected(client_id),
+        };
         let client_id = ClientId::from(client_id);
-        let asked = self.runtime.spawn(async move {
+        let asked = runtime.spawn(async move {
             let id = Id::from(scx.node.id(), client_id);
             // `session()` clones the session out of the table before anything is awaited (see `router.rs`).
             let session = scx.extends.shared().await.entry(id).session();
@@ -49,8 +64,17 @@ impl Clients {
     /// "Not authorized"); returns how many were told to close. Persistent sessions are kept, as after a lost
     /// connection: a device whose secret was rotated gets its queued messages once it reconnects with the new one.
     pub async fn disconnect_where(&self, matches: impl Fn(&str) -> bool + Send + 'static) -> usize {
-        let scx = self.scx.clone();
-        let closing = self.runtime.spawn(async move {
+        let (scx, runtime) = match &self.inner {
+            Inner::Rmqtt { scx, runtime } => (scx.clone(), runtime),
+            Inner::Ferrite(clients) => {
+                let closed = clients.disconnect_where(&matches);
+                if closed > 0 {
+                    metrics::counter!("ferrite_broker_clients_disconnected_total").increment(closed as u64);
+                }
+                return closed;
+            }
+        };
+        let closing = runtime.spawn(async move {
             // Cloned out of the table first: rmqtt's own `is_connected` awaits while holding the table's guard.
             let candidates: Vec<_> = {
                 let shared = scx.extends.shared().await;

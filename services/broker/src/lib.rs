@@ -127,6 +127,22 @@ pub enum EngineKind {
     Ferrite,
 }
 
+impl EngineKind {
+    /// The variable that names the engine, for `--engine` and for test harnesses.
+    pub const ENV: &'static str = "FERRITE_BROKER_ENGINE";
+
+    /// The engine `FERRITE_BROKER_ENGINE` names, else the default: how every test suite picks the engine under test.
+    ///
+    /// # Panics
+    /// If the variable names no engine (a test run must not silently test another engine than asked).
+    pub fn from_env() -> EngineKind {
+        match std::env::var(Self::ENV) {
+            Ok(name) => name.parse().unwrap_or_else(|e| panic!("{}: {e}", Self::ENV)),
+            Err(_) => EngineKind::default(),
+        }
+    }
+}
+
 impl std::str::FromStr for EngineKind {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
@@ -209,8 +225,12 @@ pub enum BrokerError {
 
 /// A bound broker: its ports are open (connections wait in the backlog) and it serves once [`Broker::run`] is called.
 pub struct Broker {
-    runtime: OwnedRuntime,
-    engine: engine::Engine,
+    inner: Inner,
+}
+
+enum Inner {
+    Rmqtt { runtime: OwnedRuntime, engine: engine::Engine },
+    Ferrite(native::Engine),
 }
 
 /// The broker's own Tokio runtime.
@@ -255,15 +275,15 @@ impl Broker {
         if config.connect_timeout.is_zero() {
             return Err(BrokerError::InvalidConfig { reason: "connect timeout must be more than zero".into() });
         }
-        if config.engine == EngineKind::Ferrite {
-            return Err(BrokerError::InvalidConfig {
-                reason: "Ferrite's own engine is not built yet (issue 13)".into(),
-            });
-        }
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|source| BrokerError::DataDir { path: config.data_dir.clone(), source })?;
         let data_dir = std::path::absolute(&config.data_dir)
             .map_err(|source| BrokerError::DataDir { path: config.data_dir.clone(), source })?;
+        if config.engine == EngineKind::Ferrite {
+            let engine = native::Engine::bind(config, &data_dir).await?;
+            tracing::info!(mqtt = %engine.mqtt_addr, ws = ?engine.ws_addr, engine = "ferrite", "mqtt broker bound");
+            return Ok(Broker { inner: Inner::Ferrite(engine) });
+        }
         logging::install();
 
         let workers = std::thread::available_parallelism().map_or(1, usize::from).max(MIN_WORKER_THREADS);
@@ -277,31 +297,44 @@ impl Broker {
         let bound = runtime.handle().spawn(async move { engine::Engine::bind(config, &data_dir).await }).await;
         // On failure the runtime is dropped, which shuts it down without waiting.
         let engine = bound.map_err(|join| BrokerError::Startup(format!("setup task failed: {join}")))??;
-        tracing::info!(mqtt = %engine.mqtt_addr, ws = ?engine.ws_addr, "mqtt broker bound");
-        Ok(Broker { runtime, engine })
+        tracing::info!(mqtt = %engine.mqtt_addr, ws = ?engine.ws_addr, engine = "rmqtt", "mqtt broker bound");
+        Ok(Broker { inner: Inner::Rmqtt { runtime, engine } })
     }
 
     /// The address of the MQTT listener (TCP).
     pub fn mqtt_addr(&self) -> SocketAddr {
-        self.engine.mqtt_addr
+        match &self.inner {
+            Inner::Rmqtt { engine, .. } => engine.mqtt_addr,
+            Inner::Ferrite(engine) => engine.mqtt_addr,
+        }
     }
 
     /// A handle on the connected clients (is one connected, close some), for the services beside the broker.
     /// It stays usable while [`Broker::run`] serves.
     pub fn clients(&self) -> Clients {
-        Clients::new(self.engine.scx.clone(), self.runtime.handle().clone())
+        match &self.inner {
+            Inner::Rmqtt { runtime, engine } => Clients::rmqtt(engine.scx.clone(), runtime.handle().clone()),
+            Inner::Ferrite(engine) => Clients::ferrite(engine.clients()),
+        }
     }
 
     /// The address of the MQTT-over-WebSocket listener, if enabled.
     pub fn ws_addr(&self) -> Option<SocketAddr> {
-        self.engine.ws_addr
+        match &self.inner {
+            Inner::Rmqtt { engine, .. } => engine.ws_addr,
+            Inner::Ferrite(engine) => engine.ws_addr,
+        }
     }
 
     /// Serves until `shutdown` is cancelled, then stops listening, takes every client offline
     /// (persistent sessions kept, Last Wills published), lets persistence reach the disk, and returns.
     /// The ports are free when it returns.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), BrokerError> {
-        let Broker { runtime, engine: engine::Engine { scx, server, ws_front, .. } } = self;
+        let (runtime, engine) = match self.inner {
+            Inner::Rmqtt { runtime, engine } => (runtime, engine),
+            Inner::Ferrite(engine) => return engine.run(shutdown).await,
+        };
+        let engine::Engine { scx, server, ws_front, .. } = engine;
         let mut serving = runtime.handle().spawn(server.run());
         let front = ws_front.map(|front| {
             runtime.handle().spawn(origin::serve(front.listener, front.backend, front.policy, front.deadline))

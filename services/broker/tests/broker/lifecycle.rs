@@ -1,9 +1,9 @@
 //! Starting and stopping inside one process: ports are free after `run` returns, and a data
 //! directory still held by a stopped broker is reported as such.
 
-use ferrite_broker::{Broker, BrokerError};
+use ferrite_broker::{Broker, BrokerError, EngineKind};
 
-use crate::support::{TestBroker, mosquitto_pub, mosquitto_sub, test_config};
+use crate::support::{TestBroker, engine, mosquitto_pub, mosquitto_sub, test_config};
 
 #[tokio::test]
 async fn a_stopped_broker_frees_its_ports_for_the_next_one() {
@@ -26,16 +26,35 @@ async fn a_stopped_broker_frees_its_ports_for_the_next_one() {
     serving.await.expect("the broker task did not panic").expect("the broker stops cleanly");
 }
 
-/// The limit measured in rmqtt-storage (see `restart.rs`), reported clearly rather than as a sled error.
+/// rmqtt-storage keeps a stopped broker's data directory locked until the process exits (reported clearly rather
+/// than as a sled error); Ferrite's engine releases it when it stops, so the same directory serves again at once.
 #[tokio::test]
-async fn the_data_directory_of_a_stopped_broker_stays_locked_in_this_process() {
+async fn the_data_directory_of_a_stopped_broker_is_released_or_reported_in_use() {
     let first = TestBroker::start().await;
     let data_dir = first.stop().await;
-    match Broker::bind(test_config(data_dir.path())).await {
-        Err(BrokerError::DataDirInUse { path }) => assert_eq!(path, data_dir.path()),
-        Err(other) => panic!("expected the data directory to be reported in use, got {other}"),
-        Ok(_) => panic!("rmqtt-storage released its lock; restart in-process and update restart.rs"),
+    let again = Broker::bind(test_config(data_dir.path())).await;
+    match (engine(), again) {
+        (EngineKind::Ferrite, Ok(_)) => {}
+        (EngineKind::Ferrite, Err(other)) => panic!("the stopped broker's data directory is free again, got {other}"),
+        (EngineKind::Rmqtt, Err(BrokerError::DataDirInUse { path })) => assert_eq!(path, data_dir.path()),
+        (EngineKind::Rmqtt, Err(other)) => panic!("expected the data directory to be reported in use, got {other}"),
+        (EngineKind::Rmqtt, Ok(_)) => {
+            panic!("rmqtt-storage released its lock; restart in-process and update restart.rs")
+        }
     }
+}
+
+/// While a broker runs, a second one on the same data directory is refused with a clear error.
+#[tokio::test]
+async fn a_running_brokers_data_directory_is_reported_in_use() {
+    let running = TestBroker::start().await;
+    let again = Broker::bind(test_config(running.data_dir())).await;
+    match again {
+        Err(BrokerError::DataDirInUse { path }) => assert_eq!(path, running.data_dir()),
+        Err(other) => panic!("expected the data directory to be reported in use, got {other}"),
+        Ok(_) => panic!("two brokers share one data directory"),
+    }
+    running.stop().await;
 }
 
 /// A port conflict is found before the storage is opened, so the data directory stays usable.

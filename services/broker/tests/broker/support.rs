@@ -45,6 +45,10 @@ impl TestBroker {
         TestBroker { mqtt, ws, shutdown, serving, data_dir }
     }
 
+    pub fn data_dir(&self) -> &Path {
+        self.data_dir.path()
+    }
+
     /// Stops the broker and checks that it stopped cleanly.
     pub async fn stop(self) -> tempfile::TempDir {
         self.shutdown.cancel();
@@ -64,10 +68,7 @@ pub fn init_test_log() {
 
 /// The engine under test: `FERRITE_BROKER_ENGINE=ferrite|rmqtt` (rmqtt, the default engine, when unset).
 pub fn engine() -> EngineKind {
-    match std::env::var("FERRITE_BROKER_ENGINE") {
-        Ok(name) => name.parse().unwrap_or_else(|e| panic!("FERRITE_BROKER_ENGINE: {e}")),
-        Err(_) => EngineKind::default(),
-    }
+    EngineKind::from_env()
 }
 
 /// The configuration every test starts from: loopback, port 0, the given data directory, the engine under test.
