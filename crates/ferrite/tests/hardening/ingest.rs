@@ -202,14 +202,16 @@ async fn large_payloads_become_dead_letters_or_are_refused_by_the_broker() -> an
 
     // Above the broker's maximum packet size. An MQTT 5 client learns the limit from the CONNACK (Maximum Packet
     // Size 1048576) and mosquitto_pub then does not send the message at all (and exits 0, silently); a v3.1.1
-    // client cannot learn it, sends, and the broker closes its connection ("The connection was lost", exit 7).
+    // client cannot learn it, sends, and the broker closes its connection.
     let mib2 = random_file(&files, "2m", 2 * 1024 * 1024)?;
     let v5 = probe.publish(Version::V5, "sensors/probe-a/huge", &["-f", &mib2]);
     eprintln!("2 MiB publish, MQTT 5: {} {}", v5.status, String::from_utf8_lossy(&v5.stderr));
     let v311 = probe.publish(Version::V311, "sensors/probe-a/huge", &["-f", &mib2]);
     let stderr = String::from_utf8_lossy(&v311.stderr);
     assert!(!v311.status.success(), "the broker acknowledged a 2 MiB publish from a v3.1.1 client: {stderr}");
-    assert!(stderr.contains("connection was lost"), "{stderr}");
+    // rmqtt closes after reading the packet ("The connection was lost"); Ferrite's engine as soon as the fixed header
+    // announces the size, while mosquitto_pub is still writing ("Broken pipe").
+    assert!(stderr.contains("connection was lost") || stderr.contains("Broken pipe"), "{stderr}");
     assert_eq!(probe.count("SELECT count(*) FROM dead_letters WHERE topic = 'sensors/probe-a/huge'").await?, 0);
     probe.still_ingests("probe-a").await?;
 

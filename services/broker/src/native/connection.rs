@@ -349,8 +349,6 @@ impl Connection {
             tokio::select! {
                 biased;
                 () = self.core.shutdown.cancelled() => return Leave::Server(ReasonCode::ServerShuttingDown),
-                () = waker.notified() => {}
-                () = AckReady(&mut self.pending_acks), if !self.pending_acks.is_empty() => {}
                 read = io.read(&mut self.read_buf) => match read {
                     Ok(0) | Err(_) => return Leave::Closed,
                     Ok(n) => {
@@ -358,6 +356,9 @@ impl Connection {
                         self.core.stats.bytes_received.fetch_add(n as u64, Ordering::Relaxed);
                     }
                 },
+                // After the socket: a subscriber woken for every message must still read its acknowledgements.
+                () = AckReady(&mut self.pending_acks), if !self.pending_acks.is_empty() => {}
+                () = waker.notified() => {}
                 () = &mut keep_alive, if !self.keep_alive.is_zero() => {
                     let silent = self.last_seen.elapsed();
                     if silent >= self.keep_alive {
