@@ -39,6 +39,7 @@ impl Message {
     ) -> Message {
         let expires_at =
             properties.message_expiry_interval.map(|secs| Instant::now() + Duration::from_secs(secs.into()));
+        let (topic, payload) = detach(topic, payload);
         if !properties.is_empty() {
             properties.topic_alias = None;
             properties.subscription_identifiers = Default::default();
@@ -115,6 +116,20 @@ impl Message {
         let qos = publish.qos;
         Some((Message::new(publish.topic, publish.payload, qos, publish.retain, publish.properties, None), qos))
     }
+}
+
+/// Topic and payload in one allocation of their own. A received packet's slices share the connection's whole read
+/// chunk (4 KiB or more, with other clients' messages in it); a message that waits in a slow subscriber's queue
+/// must not keep that chunk alive, or the queue's byte bound would count a fraction of what it holds.
+fn detach(topic: MqttStr, payload: Bytes) -> (MqttStr, Bytes) {
+    let mut both = BytesMut::with_capacity(topic.len() + payload.len());
+    both.extend_from_slice(topic.as_bytes());
+    both.extend_from_slice(&payload);
+    let mut both = both.freeze();
+    let payload = both.split_off(topic.len());
+    // The bytes were a valid topic a moment ago.
+    let topic = MqttStr::from_bytes(both).unwrap_or(topic);
+    (topic, payload)
 }
 
 /// The message had expired.
