@@ -194,6 +194,15 @@ pub struct ListenArgs {
     /// share each flush), or "periodic:<interval>" at once, flushing every interval (a crash loses at most that).
     #[arg(long, env = "FERRITE_BROKER_DURABILITY", default_value = "sync")]
     pub durability: ferrite_broker::native::Durability,
+    /// MQTT over TLS (3.1.1 and 5), e.g. 0.0.0.0:8883; needs --tls-cert and --tls-key (Ferrite's engine).
+    #[arg(long, env = "FERRITE_MQTTS_ADDR", requires_all = ["tls_cert", "tls_key"])]
+    pub mqtts_addr: Option<SocketAddr>,
+    /// The TLS server certificate chain (PEM: the server certificate first, then intermediates).
+    #[arg(long, env = "FERRITE_TLS_CERT", requires = "mqtts_addr")]
+    pub tls_cert: Option<PathBuf>,
+    /// The TLS private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, env = "FERRITE_TLS_KEY", requires = "mqtts_addr")]
+    pub tls_key: Option<PathBuf>,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -568,6 +577,12 @@ impl ListenArgs {
             max_retained_per_client: self.max_retained_per_device,
             engine: self.engine,
             durability: self.durability,
+            tls: match (self.mqtts_addr, &self.tls_cert, &self.tls_key) {
+                (Some(addr), Some(cert_chain), Some(key)) => {
+                    Some(ferrite_broker::TlsConfig { addr, cert_chain: cert_chain.clone(), key: key.clone() })
+                }
+                _ => None,
+            },
             ..ferrite_broker::Config::default()
         }
     }

@@ -148,6 +148,7 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         Arc::new(crate::policy::TokenPolicy::new(service.clone(), args.http_addr, args.api.allow_anonymous));
     let http = ferrite_gateway::Gateway::bind(gateway_config).await.context("cannot start the gateway")?;
     let ws_addr = broker.ws_addr();
+    let tls_addr = broker.tls_addr();
     let (grpc_addr, rest_addr) = (registry.grpc_addr(), registry.rest_addr());
     let broker_url = local_url(mqtt_addr);
     let ingester =
@@ -185,6 +186,9 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
 
     say!("Ferrite is running");
     say!("  MQTT            mqtt://{mqtt_addr}");
+    if let Some(tls) = tls_addr {
+        say!("  MQTT/TLS        mqtts://{tls}");
+    }
     if let Some(ws) = ws_addr {
         say!("  MQTT/WebSocket  ws://{ws}/mqtt");
     }
@@ -297,6 +301,9 @@ async fn broker(args: BrokerArgs) -> anyhow::Result<()> {
     let broker = Broker::bind(config).await.context("cannot start the broker")?;
     let metrics = MetricsServer::bind(args.metrics_addr).await?;
     say!("MQTT            mqtt://{}", broker.mqtt_addr());
+    if let Some(tls) = broker.tls_addr() {
+        say!("MQTT/TLS        mqtts://{tls}");
+    }
     if let Some(ws) = broker.ws_addr() {
         say!("MQTT/WebSocket  ws://{ws}/mqtt");
     }

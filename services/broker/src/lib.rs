@@ -115,6 +115,18 @@ pub struct Config {
     pub server_keep_alive: Option<Duration>,
     /// MQTT 5 Topic Alias Maximum the broker accepts from each client (0 turns inbound aliases off). Ferrite's engine only.
     pub topic_alias_maximum: u16,
+    /// MQTT over TLS (both versions), off unless configured. Ferrite's engine only.
+    pub tls: Option<TlsConfig>,
+}
+
+/// The MQTT-over-TLS listener: its address and the server's certificate chain and private key (PEM files).
+#[derive(Debug, Clone)]
+pub struct TlsConfig {
+    pub addr: SocketAddr,
+    /// The server certificate first, then any intermediates.
+    pub cert_chain: PathBuf,
+    /// PKCS#8, PKCS#1 or SEC1.
+    pub key: PathBuf,
 }
 
 /// The MQTT engine inside the broker.
@@ -178,6 +190,7 @@ impl Default for Config {
             durability: native::Durability::default(),
             server_keep_alive: None,
             topic_alias_maximum: native::DEFAULT_TOPIC_ALIAS_MAXIMUM,
+            tls: None,
         }
     }
 }
@@ -196,6 +209,7 @@ impl fmt::Debug for Config {
             .field("durability", &self.durability)
             .field("server_keep_alive", &self.server_keep_alive)
             .field("topic_alias_maximum", &self.topic_alias_maximum)
+            .field("tls", &self.tls)
             .finish_non_exhaustive()
     }
 }
@@ -213,6 +227,8 @@ pub enum BrokerError {
     /// (rmqtt-storage keeps its databases open until the process exits).
     #[error("broker data directory {path} is in use by another broker, possibly a stopped one in this process")]
     DataDirInUse { path: PathBuf },
+    #[error("cannot use the TLS certificate or key: {0}")]
+    Tls(String),
     #[error("cannot listen on {addr}: {source}")]
     Bind { addr: SocketAddr, source: std::io::Error },
     #[error("cannot start the broker runtime: {0}")]
@@ -275,6 +291,11 @@ impl Broker {
         if config.connect_timeout.is_zero() {
             return Err(BrokerError::InvalidConfig { reason: "connect timeout must be more than zero".into() });
         }
+        if config.tls.is_some() && config.engine == EngineKind::Rmqtt {
+            return Err(BrokerError::InvalidConfig {
+                reason: "MQTT over TLS needs Ferrite's engine (--engine ferrite)".into(),
+            });
+        }
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|source| BrokerError::DataDir { path: config.data_dir.clone(), source })?;
         let data_dir = std::path::absolute(&config.data_dir)
@@ -315,6 +336,14 @@ impl Broker {
         match &self.inner {
             Inner::Rmqtt { runtime, engine } => Clients::rmqtt(engine.scx.clone(), runtime.handle().clone()),
             Inner::Ferrite(engine) => Clients::ferrite(engine.clients()),
+        }
+    }
+
+    /// The address of the MQTT-over-TLS listener, if enabled.
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        match &self.inner {
+            Inner::Rmqtt { .. } => None,
+            Inner::Ferrite(engine) => engine.tls_addr,
         }
     }
 

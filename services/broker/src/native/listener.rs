@@ -40,6 +40,62 @@ pub(crate) async fn serve_tcp(core: Arc<Core>, listener: TcpListener) {
     }
 }
 
+pub(crate) async fn serve_tls(core: Arc<Core>, listener: TcpListener, acceptor: tokio_rustls::TlsAcceptor) {
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = core.shutdown.cancelled() => return,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                let _ = stream.set_nodelay(true);
+                let core_for_task = core.clone();
+                let acceptor = acceptor.clone();
+                core.tasks.spawn(async move {
+                    // The handshake counts against the connect deadline, like a WebSocket upgrade.
+                    match tokio::time::timeout(core_for_task.limits.connect_timeout, acceptor.accept(stream)).await {
+                        Ok(Ok(tls)) => connection::serve(core_for_task, Transport::Tls(Box::new(tls)), peer).await,
+                        Ok(Err(error)) => {
+                            metrics::counter!("ferrite_broker_tls_refused_total", "reason" => "handshake").increment(1);
+                            tracing::debug!(%peer, %error, "TLS handshake failed");
+                        }
+                        Err(_) => {
+                            metrics::counter!("ferrite_broker_tls_refused_total", "reason" => "timeout").increment(1);
+                        }
+                    }
+                });
+            }
+            Err(error) => {
+                tracing::warn!(%error, "mqtts listener cannot accept");
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+            }
+        }
+    }
+}
+
+/// The TLS server configuration from PEM files: the certificate chain and its private key.
+pub(crate) fn tls_acceptor(config: &crate::TlsConfig) -> Result<tokio_rustls::TlsAcceptor, crate::BrokerError> {
+    use tokio_rustls::rustls;
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let tls_error = |what: &str, path: &std::path::Path, e: &dyn std::fmt::Display| {
+        crate::BrokerError::Tls(format!("{what} {}: {e}", path.display()))
+    };
+    let chain = CertificateDer::pem_file_iter(&config.cert_chain)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| tls_error("certificate chain", &config.cert_chain, &e))?;
+    if chain.is_empty() {
+        return Err(tls_error("certificate chain", &config.cert_chain, &"no CERTIFICATE in the file"));
+    }
+    let key = PrivateKeyDer::from_pem_file(&config.key).map_err(|e| tls_error("private key", &config.key, &e))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let server = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .and_then(|builder| builder.with_no_client_auth().with_single_cert(chain, key))
+        .map_err(|e| tls_error("certificate and key", &config.cert_chain, &e))?;
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(server)))
+}
+
 pub(crate) async fn serve_ws(core: Arc<Core>, listener: TcpListener, policy: Arc<OriginPolicy>) {
     loop {
         let accepted = tokio::select! {

@@ -5,7 +5,7 @@
 //!
 //! # Layout
 //! - [`Engine`] (this file): bind the listeners and open the store, serve, stop in order.
-//! - `listener`: accept loops for TCP and WebSocket; `transport`: the two byte streams.
+//! - `listener`: accept loops for TCP, TLS and WebSocket; `transport`: the three byte streams.
 //! - `connection`: one task per connection (handshake, packets in, queued messages out, keep-alive, Last Will).
 //! - `session`: what outlives a connection, behind one short lock; `message`: a message shared by its deliveries.
 //! - `core`: sessions by client id, the subscription table and retained messages (`topics`), routing, the store.
@@ -92,7 +92,9 @@ pub(crate) struct Engine {
     core: Arc<Core>,
     tcp: TcpListener,
     ws: Option<(TcpListener, Arc<ferrite_core::origin::OriginPolicy>)>,
+    tls: Option<(TcpListener, tokio_rustls::TlsAcceptor)>,
     pub(crate) mqtt_addr: SocketAddr,
+    pub(crate) tls_addr: Option<SocketAddr>,
     pub(crate) ws_addr: Option<SocketAddr>,
 }
 
@@ -130,6 +132,20 @@ impl Engine {
             ),
             None => None,
         };
+        let tls = match &config.tls {
+            Some(tls) => {
+                let acceptor = listener::tls_acceptor(tls)?;
+                Some((bind(tls.addr)?, acceptor))
+            }
+            None => None,
+        };
+        let tls_addr = match &tls {
+            Some((listener, _)) => Some(listener.local_addr().map_err(|source| BrokerError::Bind {
+                addr: config.tls.as_ref().map_or(config.mqtt_addr, |tls| tls.addr),
+                source,
+            })?),
+            None => None,
+        };
         let (store, recovered) =
             store::Store::open(&data_dir.join("store"), config.durability).map_err(|e| match e {
                 store::StoreError::InUse => BrokerError::DataDirInUse { path: data_dir.to_path_buf() },
@@ -151,7 +167,7 @@ impl Engine {
         };
         let core = Arc::new(Core::new(limits, config.authorizer.clone(), store));
         core.recover(recovered);
-        Ok(Engine { core, tcp, ws, mqtt_addr, ws_addr })
+        Ok(Engine { core, tcp, ws, tls, mqtt_addr, ws_addr, tls_addr })
     }
 
     pub(crate) fn clients(&self) -> NativeClients {
@@ -161,8 +177,11 @@ impl Engine {
     /// Serves until `shutdown`, then closes every connection in order (Last Wills published, persistent sessions
     /// kept) and closes the store.
     pub(crate) async fn run(self, shutdown: CancellationToken) -> Result<(), BrokerError> {
-        let Engine { core, tcp, ws, .. } = self;
+        let Engine { core, tcp, ws, tls, .. } = self;
         let mut accepting = vec![tokio::spawn(listener::serve_tcp(core.clone(), tcp))];
+        if let Some((listener, acceptor)) = tls {
+            accepting.push(tokio::spawn(listener::serve_tls(core.clone(), listener, acceptor)));
+        }
         if let Some((listener, policy)) = ws {
             accepting.push(tokio::spawn(listener::serve_ws(core.clone(), listener, policy)));
         }

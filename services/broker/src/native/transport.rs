@@ -1,10 +1,10 @@
-//! The byte streams MQTT runs over: plain TCP, and WebSocket (binary frames on `/mqtt`).
+//! The byte streams MQTT runs over: plain TCP, TLS, and WebSocket (binary frames on `/mqtt`).
 
 use std::io;
 
 use bytes::BytesMut;
 use futures::{SinkExt, StreamExt};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
@@ -14,6 +14,7 @@ const READ_CHUNK: usize = 4 * 1024;
 
 pub(crate) enum Transport {
     Tcp(TcpStream),
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
     Ws(Box<WebSocketStream<TcpStream>>),
 }
 
@@ -32,6 +33,12 @@ impl Transport {
                     Err(e) => return Err(e),
                 }
             },
+            Transport::Tls(stream) => {
+                if buf.capacity() - buf.len() < READ_CHUNK / 4 {
+                    buf.reserve(READ_CHUNK);
+                }
+                stream.read_buf(buf).await
+            }
             Transport::Ws(ws) => loop {
                 match ws.next().await {
                     None | Some(Ok(WsMessage::Close(_))) => return Ok(0),
@@ -63,6 +70,12 @@ impl Transport {
                 buf.clear();
                 Ok(())
             }
+            Transport::Tls(stream) => {
+                stream.write_all(buf).await?;
+                stream.flush().await?;
+                buf.clear();
+                Ok(())
+            }
             Transport::Ws(ws) => ws.send(WsMessage::Binary(buf.split().freeze())).await.map_err(io::Error::other),
         }
     }
@@ -72,6 +85,9 @@ impl Transport {
         let deadline = std::time::Duration::from_secs(1);
         match self {
             Transport::Tcp(stream) => {
+                let _ = tokio::time::timeout(deadline, stream.shutdown()).await;
+            }
+            Transport::Tls(stream) => {
                 let _ = tokio::time::timeout(deadline, stream.shutdown()).await;
             }
             Transport::Ws(ws) => {

@@ -11,4 +11,5 @@ mod robustness;
 mod sessions;
 mod support;
 mod takeover;
+mod tls;
 mod websocket;

@@ -21,6 +21,8 @@ pub const HANG_GUARD: Duration = Duration::from_secs(60);
 pub struct TestBroker {
     pub mqtt: SocketAddr,
     pub ws: SocketAddr,
+    /// The MQTT-over-TLS listener, when the test configured one.
+    pub tls: Option<SocketAddr>,
     shutdown: CancellationToken,
     serving: JoinHandle<Result<(), ferrite_broker::BrokerError>>,
     data_dir: tempfile::TempDir,
@@ -40,9 +42,10 @@ impl TestBroker {
         let broker = Broker::bind(config).await.expect("the broker binds to ephemeral ports");
         let mqtt = broker.mqtt_addr();
         let ws = broker.ws_addr().expect("the test config enables WebSocket");
+        let tls = broker.tls_addr();
         let shutdown = CancellationToken::new();
         let serving = tokio::spawn(broker.run(shutdown.clone()));
-        TestBroker { mqtt, ws, shutdown, serving, data_dir }
+        TestBroker { mqtt, ws, tls, shutdown, serving, data_dir }
     }
 
     pub fn data_dir(&self) -> &Path {
