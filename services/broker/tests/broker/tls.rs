@@ -79,7 +79,7 @@ async fn tls_clients_get_what_tcp_clients_publish() {
 #[tokio::test]
 async fn a_bad_key_file_is_a_clear_error() {
     let certs = tempfile::tempdir().expect("a temporary directory");
-    let mut tls = tls_config(certs.path());
+    let tls = tls_config(certs.path());
     std::fs::write(&tls.key, "not a key").expect("the key file can be overwritten");
     let data = tempfile::tempdir().expect("a temporary directory");
     let mut config = test_config(data.path());
