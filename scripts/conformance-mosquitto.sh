@@ -89,7 +89,7 @@ failed=0
 for version in $versions; do
     passed_here=0
     failed_here=()
-    for scenario in $(python3 "$script" --version "$version" --port 0 --list); do
+    for scenario in $(python3 "$script" --version "$version" --list); do
         [[ -n "$only" && "$only" != *",$scenario,"* ]] && continue
         start_mosquitto "$scenario"
         log="$work/$scenario-v$version.jsonl"

@@ -1098,7 +1098,7 @@ class Context:
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--port", type=int)
     parser.add_argument("--version", choices=["3", "5"], required=True)
     parser.add_argument("--list", action="store_true", help="print the scenarios of --version, one a line, and exit")
     parser.add_argument("scenario", nargs="?")
@@ -1108,6 +1108,8 @@ def main():
             if args.version in versions.split(","):
                 print(name)
         return
+    if args.port is None:
+        parser.error("--port is required")
     if args.scenario not in SCENARIOS:
         parser.error(f"unknown scenario {args.scenario!r}; --list shows them")
     run, versions = SCENARIOS[args.scenario]
