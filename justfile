@@ -39,6 +39,10 @@ bench *flags:
 bench-pipeline *flags:
     bash scripts/bench-pipeline.sh {{flags}}
 
+# The broker conformance scenarios against a real Mosquitto 2, pass/fail per scenario (`--help` lists its options).
+conformance-mosquitto *flags:
+    bash scripts/conformance-mosquitto.sh {{flags}}
+
 # Format the code.
 fmt:
     cargo fmt --all

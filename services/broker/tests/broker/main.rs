@@ -4,6 +4,7 @@
 //! binary again as the broker's child process.
 
 mod authorizer;
+mod conformance;
 mod lifecycle;
 mod messaging;
 mod restart;
