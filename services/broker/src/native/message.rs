@@ -6,7 +6,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
-use ferrite_mqtt_codec::{MqttStr, Packet, Properties, ProtocolVersion, Publish, QoS, SharedPublish};
+use ferrite_mqtt_codec::{MqttStr, Packet, Properties, PropertyValues, ProtocolVersion, Publish, QoS, SharedPublish};
 
 use super::store::StoredMessage;
 
@@ -41,10 +41,16 @@ impl Message {
             properties.message_expiry_interval.map(|secs| Instant::now() + Duration::from_secs(secs.into()));
         let (topic, payload) = detach(topic, payload);
         if !properties.is_empty() {
-            properties.topic_alias = None;
-            properties.subscription_identifiers = Default::default();
-            properties.message_expiry_interval = None;
-            properties = Properties::from(std::mem::take(&mut *properties));
+            // Only what travels with the message: a will's delay, an alias or an expiry are not forwarded as such.
+            let received = std::mem::take(&mut *properties);
+            properties = Properties::from(PropertyValues {
+                payload_format_indicator: received.payload_format_indicator,
+                content_type: received.content_type,
+                response_topic: received.response_topic,
+                correlation_data: received.correlation_data,
+                user_properties: received.user_properties,
+                ..PropertyValues::default()
+            });
         }
         Message { topic, payload, qos, retain, properties, expires_at, publisher, encoded: Default::default() }
     }
