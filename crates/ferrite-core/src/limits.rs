@@ -1,9 +1,8 @@
 //! Bounds shared by every part of the platform that moves MQTT packets.
 
-/// The largest MQTT packet the broker accepts from a client, counted as MQTT counts it (the packet's
-/// remaining length). 1 MiB is rmqtt's listener default; the broker sets it explicitly so that this constant
-/// stays the single source. A larger publish is refused by the broker (the connection is closed, with
-/// reason 0x95 "Packet too large" for MQTT 5), before any consumer sees it.
+/// The largest MQTT packet the broker accepts from a client, counted as MQTT 5 counts it (the whole packet, fixed
+/// header included), and announced in its v5 CONNACK. A larger publish is refused as soon as its fixed header
+/// arrives (the connection is closed, with DISCONNECT 0x95 "Packet too large" for MQTT 5), before any consumer sees it.
 pub const MAX_PACKET_SIZE: u32 = 1024 * 1024;
 
 /// What the broker may add to a packet between its publisher and a subscriber: the whole topic where the

@@ -29,7 +29,7 @@ use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
 
 /// What we log when `RUST_LOG` is not set: our own info, and only warnings from chatty libraries.
-pub const DEFAULT_FILTER: &str = "info,rmqtt=warn,rmqtt_net=warn,rmqtt_retainer=warn,rmqtt_session_storage=warn,rmqtt_sys_topic=warn,rmqtt_shared_subscription=warn,rmqtt_storage=warn,sled=warn,sqlx=warn,rumqttc=warn,h2=warn,tower=warn,hyper=warn";
+pub const DEFAULT_FILTER: &str = "info,sqlx=warn,rumqttc=warn,h2=warn,tower=warn,hyper=warn";
 
 /// Keeps the OpenTelemetry pipeline alive; dropping it flushes the spans still buffered.
 #[must_use = "dropping the guard stops span export"]

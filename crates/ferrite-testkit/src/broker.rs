@@ -29,8 +29,6 @@ impl TestBroker {
             mqtt_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             ws_addr: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
             data_dir: data.path().join("broker"),
-            // The engine under test (`FERRITE_BROKER_ENGINE`), so every suite can run against either.
-            engine: ferrite_broker::EngineKind::from_env(),
             ..Config::default()
         };
         adjust(&mut config);

@@ -187,14 +187,11 @@ pub struct ListenArgs {
     /// Retained topics one device may set (anonymous clients together count as one); more are refused.
     #[arg(long, env = "FERRITE_MAX_RETAINED_PER_DEVICE", default_value_t = ferrite_broker::DEFAULT_MAX_RETAINED_PER_CLIENT)]
     pub max_retained_per_device: usize,
-    /// The MQTT engine: "ferrite" (our own) or "rmqtt" (the previous one, kept selectable while ours is proven).
-    #[arg(long, env = "FERRITE_BROKER_ENGINE", default_value_t = ferrite_broker::EngineKind::default())]
-    pub engine: ferrite_broker::EngineKind,
-    /// When a QoS 1/2 message is acknowledged (Ferrite's engine): "sync" once it is on disk (writes of all clients
+    /// When a QoS 1/2 message is acknowledged: "sync" once it is on disk (writes of all clients
     /// share each flush), or "periodic:<interval>" at once, flushing every interval (a crash loses at most that).
     #[arg(long, env = "FERRITE_BROKER_DURABILITY", default_value = "sync")]
     pub durability: ferrite_broker::native::Durability,
-    /// MQTT over TLS (3.1.1 and 5), e.g. 0.0.0.0:8883; needs --tls-cert and --tls-key (Ferrite's engine).
+    /// MQTT over TLS (3.1.1 and 5), e.g. 0.0.0.0:8883; needs --tls-cert and --tls-key.
     #[arg(long, env = "FERRITE_MQTTS_ADDR", requires_all = ["tls_cert", "tls_key"])]
     pub mqtts_addr: Option<SocketAddr>,
     /// The TLS server certificate chain (PEM: the server certificate first, then intermediates).
@@ -575,7 +572,6 @@ impl ListenArgs {
             connect_timeout: self.connect_timeout,
             max_session_expiry: self.max_session_expiry,
             max_retained_per_client: self.max_retained_per_device,
-            engine: self.engine,
             durability: self.durability,
             tls: match (self.mqtts_addr, &self.tls_cert, &self.tls_key) {
                 (Some(addr), Some(cert_chain), Some(key)) => {

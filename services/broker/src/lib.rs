@@ -1,44 +1,32 @@
-//! Ferrite's embedded MQTT broker: MQTT 3.1.1 and 5 over TCP and WebSocket, with retained
-//! messages and persistent sessions kept on disk, behind a small interface of our own.
+//! Ferrite's MQTT broker: MQTT 3.1.1 and 5 over TCP, TLS and WebSocket, with retained messages, persistent
+//! sessions and their queued QoS 1/2 messages kept on disk, behind a small interface of our own.
 //!
-//! rmqtt does the MQTT work; nothing of it shows in this crate's public interface, so that it can be
-//! replaced one day without touching the services that start a broker.
+//! The engine is ours (`native`, issue 13), over our wire codec `ferrite-mqtt-codec`; it replaced rmqtt 0.24, whose
+//! defects we had patched from outside (see ARCHITECTURE.md). Every service also runs against Mosquitto or EMQX.
 //!
 //! # Layout
-//! - [`Config`], [`Broker`] and [`BrokerError`] (this file): bind, serve, stop; the broker's own runtime.
+//! - [`Config`], [`Broker`] and [`BrokerError`] (this file): bind, serve, stop.
 //! - [`auth`]: the [`Authorizer`] trait the device registry implements, and [`AllowAll`].
-//! - `engine`: rmqtt's server context, plugins (retained and sessions in sled, `$SYS`, shared
-//!   subscriptions) and listeners, and the orderly close of connections at shutdown.
-//! - `hooks`: rmqtt hooks that ask the [`Authorizer`], and that keep the takeover of a persistent session
-//!   (a client reconnecting under its id) from losing messages, which rmqtt 0.24 alone does.
 //! - [`Clients`] (`clients`): whether a client id is connected, and closing clients' connections.
-//! - `logging`: rmqtt's `log` records into `tracing`, quietly.
+//! - `native`: the engine (listeners, connections, sessions, routing, store); its module docs say how.
 //!
-//! # Limits measured in rmqtt 0.24
-//! - A stopped broker's data directory stays locked until the process exits: rmqtt-storage keeps each
-//!   sled database open from a thread that never ends (and leaves that thread, sled's flusher and a
-//!   parked blocking thread behind, per database). In one process a broker can be started again on
-//!   another `data_dir`; on the same one only in a new process ([`BrokerError::DataDirInUse`] otherwise).
-//! - A connection that sends nothing, or fewer than 9 bytes of its CONNECT, over TCP or after a WebSocket
-//!   upgrade, is held until TCP keepalive finds the peer gone: rmqtt reads the protocol version without
-//!   a deadline, and nothing of ours runs before that. It costs a socket and a task, never another
-//!   client's time. Only a proxy copying every byte could cut it off (measured: about 40 % less QoS 1
-//!   throughput), so [`Config::connect_timeout`] covers the rest of the handshake only.
-//! - When a client takes its persistent session over, rmqtt sends the messages it had not acknowledged
-//!   again in reverse order (DUP set); `hooks` makes sure none is lost, but cannot restore their order.
-//! - A QoS 1/2 publish is acknowledged before sled writes it to disk (sled flushes every 500 ms), so a
-//!   crash, unlike [`Broker::run`]'s orderly stop, can lose the last half second of retained values and queued messages.
+//! # Guarantees
+//! - A QoS 1/2 message is acknowledged to its publisher only once every persistent session it was queued for,
+//!   and the retained value it sets, is on disk ([`native::Durability::Sync`], the default), or at once with a
+//!   periodic flush ([`native::Durability::Periodic`]).
+//! - A session taken over by a new connection under the same client id loses nothing and reorders nothing: the
+//!   session's state never lives in a connection, so the new one resends the unacknowledged messages in their
+//!   original order and with their packet identifiers, then goes on with the queue.
+//! - Every queue is bounded by count and bytes; what is dropped is counted on `/metrics`
+//!   (`ferrite_broker_messages_dropped_total{reason,qos}`).
+//! - A connection must complete its CONNECT (and TLS or WebSocket handshake) within [`Config::connect_timeout`]
+//!   from its first byte, or it is closed; a malformed packet ends only its own connection.
 
 #![forbid(unsafe_code)]
 
 pub mod auth;
 mod clients;
-mod engine;
-mod hooks;
-mod logging;
 pub mod native;
-mod origin;
-mod router;
 
 use std::fmt;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -46,7 +34,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::runtime::Runtime;
 use tokio_util::sync::CancellationToken;
 
 pub use auth::{AllowAll, AuthDecision, Authorizer, BoxFuture, DenyReason, Identity, Principal};
@@ -69,27 +56,13 @@ pub const DEFAULT_MAX_RETAINED_PER_CLIENT: usize = 1000;
 /// Under the working directory, next to the other `ferrite up` state.
 pub const DEFAULT_DATA_DIR: &str = "./.ferrite/broker";
 
-/// At least this many worker threads for the broker's runtime, whatever the number of cores.
-///
-/// rmqtt 0.24 holds a lock of its client table (a DashMap shard) across an `.await` (`Entry::is_connected`, which
-/// shared subscriptions call for every message) while other tasks take the same lock synchronously, blocking their
-/// worker thread (a session takeover's `remove`, routing's lookups). When every worker blocks so, the task holding
-/// the lock never runs again: measured on 2 cores with Tokio's default of one worker per core, a takeover of the
-/// ingester's session hung the whole broker (no CONNACK for any later connection) in 1 to 3 of 10 runs.
-/// Spare workers let the holder finish; they cost an idle thread each.
-const MIN_WORKER_THREADS: usize = 8;
-
-/// The broker's own runtime is given this long to end its tasks after the last connection closed.
-/// rmqtt-storage's database threads never end, so the wait always runs out; it stays short.
-const RUNTIME_SHUTDOWN_GRACE: Duration = Duration::from_millis(300);
-
 /// How the broker listens and where it keeps its state.
 #[derive(Clone)]
 pub struct Config {
     /// MQTT 3.1.1 and 5 on one port.
     pub mqtt_addr: SocketAddr,
     /// MQTT over WebSocket, both versions; `None` turns it off.
-    /// Clients use the path `/mqtt` (rmqtt accepts any path) and must offer the `mqtt` subprotocol, as MQTT clients do.
+    /// Clients use the path `/mqtt` (any path is accepted) and offer the `mqtt` subprotocol, as MQTT clients do.
     pub ws_addr: Option<SocketAddr>,
     /// Where retained messages and persistent sessions are kept; they survive a restart.
     pub data_dir: PathBuf,
@@ -106,16 +79,14 @@ pub struct Config {
     pub max_session_expiry: Duration,
     /// See [`DEFAULT_MAX_RETAINED_PER_CLIENT`] (`--max-retained-per-device`); platform services are not limited.
     pub max_retained_per_client: usize,
-    /// Which engine does the MQTT work (`--engine`): rmqtt until Ferrite's own passes every test (issue 13).
-    pub engine: EngineKind,
-    /// When a QoS 1/2 message is safe on disk (Ferrite's engine only; rmqtt's sled flushes every 500 ms).
+    /// When a QoS 1/2 message counts as received: once on disk (group commit), or at once with a periodic flush.
     pub durability: native::Durability,
     /// MQTT 5 Server Keep Alive: when set, every v5 client is told to use this keep-alive instead of its own
-    /// (and 3.1.1 clients are held to it). Ferrite's engine only.
+    /// (and 3.1.1 clients are held to it).
     pub server_keep_alive: Option<Duration>,
-    /// MQTT 5 Topic Alias Maximum the broker accepts from each client (0 turns inbound aliases off). Ferrite's engine only.
+    /// MQTT 5 Topic Alias Maximum the broker accepts from each client (0 turns inbound aliases off).
     pub topic_alias_maximum: u16,
-    /// MQTT over TLS (both versions), off unless configured. Ferrite's engine only.
+    /// MQTT over TLS (both versions), off unless configured.
     pub tls: Option<TlsConfig>,
 }
 
@@ -129,52 +100,6 @@ pub struct TlsConfig {
     pub key: PathBuf,
 }
 
-/// The MQTT engine inside the broker.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum EngineKind {
-    /// rmqtt 0.24 with our hooks (the default until Ferrite's engine passes every broker, pipeline and acceptance test).
-    #[default]
-    Rmqtt,
-    /// Ferrite's own engine (`native`), over `ferrite-mqtt-codec`.
-    Ferrite,
-}
-
-impl EngineKind {
-    /// The variable that names the engine, for `--engine` and for test harnesses.
-    pub const ENV: &'static str = "FERRITE_BROKER_ENGINE";
-
-    /// The engine `FERRITE_BROKER_ENGINE` names, else the default: how every test suite picks the engine under test.
-    ///
-    /// # Panics
-    /// If the variable names no engine (a test run must not silently test another engine than asked).
-    pub fn from_env() -> EngineKind {
-        match std::env::var(Self::ENV) {
-            Ok(name) => name.parse().unwrap_or_else(|e| panic!("{}: {e}", Self::ENV)),
-            Err(_) => EngineKind::default(),
-        }
-    }
-}
-
-impl std::str::FromStr for EngineKind {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "rmqtt" => Ok(EngineKind::Rmqtt),
-            "ferrite" => Ok(EngineKind::Ferrite),
-            other => Err(format!("unknown broker engine {other:?}: expected \"ferrite\" or \"rmqtt\"")),
-        }
-    }
-}
-
-impl fmt::Display for EngineKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            EngineKind::Rmqtt => "rmqtt",
-            EngineKind::Ferrite => "ferrite",
-        })
-    }
-}
-
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -186,7 +111,6 @@ impl Default for Config {
             allowed_origins: Vec::new(),
             max_session_expiry: DEFAULT_MAX_SESSION_EXPIRY,
             max_retained_per_client: DEFAULT_MAX_RETAINED_PER_CLIENT,
-            engine: EngineKind::default(),
             durability: native::Durability::default(),
             server_keep_alive: None,
             topic_alias_maximum: native::DEFAULT_TOPIC_ALIAS_MAXIMUM,
@@ -205,7 +129,6 @@ impl fmt::Debug for Config {
             .field("allowed_origins", &self.allowed_origins)
             .field("max_session_expiry", &self.max_session_expiry)
             .field("max_retained_per_client", &self.max_retained_per_client)
-            .field("engine", &self.engine)
             .field("durability", &self.durability)
             .field("server_keep_alive", &self.server_keep_alive)
             .field("topic_alias_maximum", &self.topic_alias_maximum)
@@ -223,67 +146,25 @@ pub enum BrokerError {
     DataDir { path: PathBuf, source: std::io::Error },
     #[error("cannot open broker storage in {path}: {reason}")]
     Storage { path: PathBuf, reason: String },
-    /// Another broker holds the directory: a running one, or one stopped earlier in this same process
-    /// (rmqtt-storage keeps its databases open until the process exits).
-    #[error("broker data directory {path} is in use by another broker, possibly a stopped one in this process")]
+    /// Another running broker (in this process or another) holds the directory.
+    #[error("broker data directory {path} is in use by another broker")]
     DataDirInUse { path: PathBuf },
     #[error("cannot use the TLS certificate or key: {0}")]
     Tls(String),
     #[error("cannot listen on {addr}: {source}")]
     Bind { addr: SocketAddr, source: std::io::Error },
-    #[error("cannot start the broker runtime: {0}")]
-    Runtime(std::io::Error),
-    #[error("broker startup failed: {0}")]
-    Startup(String),
     #[error("broker stopped unexpectedly: {0}")]
     Stopped(String),
 }
 
 /// A bound broker: its ports are open (connections wait in the backlog) and it serves once [`Broker::run`] is called.
 pub struct Broker {
-    inner: Inner,
-}
-
-enum Inner {
-    Rmqtt { runtime: OwnedRuntime, engine: engine::Engine },
-    Ferrite(native::Engine),
-}
-
-/// The broker's own Tokio runtime.
-///
-/// rmqtt and its plugins spawn tasks that loop forever; on a runtime of their own, shutting that
-/// runtime down ends them and closes their sockets, whatever runtime the caller uses.
-/// rmqtt-storage also parks a blocking task per database for good, so an ordinary drop of the
-/// runtime would wait forever: dropping this wrapper shuts the runtime down in the background instead.
-struct OwnedRuntime(Option<Runtime>);
-
-impl OwnedRuntime {
-    fn handle(&self) -> &tokio::runtime::Handle {
-        // The runtime is only taken out by `shut_down`, which consumes the wrapper.
-        self.0.as_ref().map(Runtime::handle).expect("the runtime is present until shut down")
-    }
-
-    /// Gives the runtime's tasks a short grace to end, on a blocking thread of the caller's runtime.
-    async fn shut_down(mut self) {
-        if let Some(runtime) = self.0.take() {
-            let stopped = tokio::task::spawn_blocking(move || runtime.shutdown_timeout(RUNTIME_SHUTDOWN_GRACE)).await;
-            if let Err(join) = stopped {
-                tracing::warn!(cause = %join, "broker runtime shutdown failed");
-            }
-        }
-    }
-}
-
-impl Drop for OwnedRuntime {
-    fn drop(&mut self) {
-        if let Some(runtime) = self.0.take() {
-            runtime.shutdown_background();
-        }
-    }
+    engine: native::Engine,
 }
 
 impl Broker {
-    /// Opens the data directory and binds the listeners (port 0 picks a free port).
+    /// Opens the data directory (recovering retained messages and persistent sessions) and binds the listeners
+    /// (port 0 picks a free port).
     pub async fn bind(config: Config) -> Result<Broker, BrokerError> {
         if config.max_session_expiry.is_zero() {
             return Err(BrokerError::InvalidConfig { reason: "maximum session expiry must be more than zero".into() });
@@ -291,105 +172,40 @@ impl Broker {
         if config.connect_timeout.is_zero() {
             return Err(BrokerError::InvalidConfig { reason: "connect timeout must be more than zero".into() });
         }
-        if config.tls.is_some() && config.engine == EngineKind::Rmqtt {
-            return Err(BrokerError::InvalidConfig {
-                reason: "MQTT over TLS needs Ferrite's engine (--engine ferrite)".into(),
-            });
-        }
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|source| BrokerError::DataDir { path: config.data_dir.clone(), source })?;
         let data_dir = std::path::absolute(&config.data_dir)
             .map_err(|source| BrokerError::DataDir { path: config.data_dir.clone(), source })?;
-        if config.engine == EngineKind::Ferrite {
-            let engine = native::Engine::bind(config, &data_dir).await?;
-            tracing::info!(mqtt = %engine.mqtt_addr, ws = ?engine.ws_addr, engine = "ferrite", "mqtt broker bound");
-            return Ok(Broker { inner: Inner::Ferrite(engine) });
-        }
-        logging::install();
-
-        let workers = std::thread::available_parallelism().map_or(1, usize::from).max(MIN_WORKER_THREADS);
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(workers)
-            .enable_all()
-            .thread_name("ferrite-broker")
-            .build()
-            .map_err(BrokerError::Runtime)?;
-        let runtime = OwnedRuntime(Some(runtime));
-        let bound = runtime.handle().spawn(async move { engine::Engine::bind(config, &data_dir).await }).await;
-        // On failure the runtime is dropped, which shuts it down without waiting.
-        let engine = bound.map_err(|join| BrokerError::Startup(format!("setup task failed: {join}")))??;
-        tracing::info!(mqtt = %engine.mqtt_addr, ws = ?engine.ws_addr, engine = "rmqtt", "mqtt broker bound");
-        Ok(Broker { inner: Inner::Rmqtt { runtime, engine } })
+        let engine = native::Engine::bind(config, &data_dir).await?;
+        tracing::info!(mqtt = %engine.mqtt_addr, ws = ?engine.ws_addr, tls = ?engine.tls_addr, "mqtt broker bound");
+        Ok(Broker { engine })
     }
 
     /// The address of the MQTT listener (TCP).
     pub fn mqtt_addr(&self) -> SocketAddr {
-        match &self.inner {
-            Inner::Rmqtt { engine, .. } => engine.mqtt_addr,
-            Inner::Ferrite(engine) => engine.mqtt_addr,
-        }
+        self.engine.mqtt_addr
+    }
+
+    /// The address of the MQTT-over-TLS listener, if enabled.
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.engine.tls_addr
+    }
+
+    /// The address of the MQTT-over-WebSocket listener, if enabled.
+    pub fn ws_addr(&self) -> Option<SocketAddr> {
+        self.engine.ws_addr
     }
 
     /// A handle on the connected clients (is one connected, close some), for the services beside the broker.
     /// It stays usable while [`Broker::run`] serves.
     pub fn clients(&self) -> Clients {
-        match &self.inner {
-            Inner::Rmqtt { runtime, engine } => Clients::rmqtt(engine.scx.clone(), runtime.handle().clone()),
-            Inner::Ferrite(engine) => Clients::ferrite(engine.clients()),
-        }
-    }
-
-    /// The address of the MQTT-over-TLS listener, if enabled.
-    pub fn tls_addr(&self) -> Option<SocketAddr> {
-        match &self.inner {
-            Inner::Rmqtt { .. } => None,
-            Inner::Ferrite(engine) => engine.tls_addr,
-        }
-    }
-
-    /// The address of the MQTT-over-WebSocket listener, if enabled.
-    pub fn ws_addr(&self) -> Option<SocketAddr> {
-        match &self.inner {
-            Inner::Rmqtt { engine, .. } => engine.ws_addr,
-            Inner::Ferrite(engine) => engine.ws_addr,
-        }
+        Clients::new(self.engine.clients())
     }
 
     /// Serves until `shutdown` is cancelled, then stops listening, takes every client offline
-    /// (persistent sessions kept, Last Wills published), lets persistence reach the disk, and returns.
-    /// The ports are free when it returns.
+    /// (persistent sessions kept, Last Wills published), closes the store, and returns.
+    /// The ports and the data directory are free when it returns.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), BrokerError> {
-        let (runtime, engine) = match self.inner {
-            Inner::Rmqtt { runtime, engine } => (runtime, engine),
-            Inner::Ferrite(engine) => return engine.run(shutdown).await,
-        };
-        let engine::Engine { scx, server, ws_front, .. } = engine;
-        let mut serving = runtime.handle().spawn(server.run());
-        let front = ws_front.map(|front| {
-            runtime.handle().spawn(origin::serve(front.listener, front.backend, front.policy, front.deadline))
-        });
-        let outcome = tokio::select! {
-            () = shutdown.cancelled() => Ok(()),
-            ended = &mut serving => Err(BrokerError::Stopped(match ended {
-                Ok(Ok(())) => "listeners ended".to_owned(),
-                Ok(Err(e)) => format!("{e:#}"),
-                Err(join) => join.to_string(),
-            })),
-        };
-        tracing::info!("mqtt broker stopping");
-        // Dropping the server future drops its listeners, which frees the ports at once.
-        serving.abort();
-        let _ = (&mut serving).await;
-        if let Some(front) = front {
-            front.abort();
-            let _ = front.await;
-        }
-        let closing = runtime.handle().spawn(async move { engine::close_connections(&scx).await });
-        if let Err(join) = closing.await {
-            tracing::warn!(cause = %join, "closing connections failed");
-        }
-        runtime.shut_down().await;
-        tracing::info!("mqtt broker stopped");
-        outcome
+        self.engine.run(shutdown).await
     }
 }

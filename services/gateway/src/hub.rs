@@ -13,7 +13,7 @@
 //! misreads a PUBLISH carrying three or more of them (the extra ones end up in front of the payload).
 //!
 //! The same limit shows with brokers that send one copy of a message per matching subscription (MQTT 5 allows it;
-//! rmqtt sends one per client): there, browsers whose filters overlap other browsers' filters may see a live
+//! ours and Mosquitto send one per client): there, browsers whose filters overlap other browsers' filters may see a live
 //! message twice.
 //!
 //! The hub is plain data behind one mutex: no I/O but non-blocking sends, so the lock is held only briefly.

@@ -106,9 +106,9 @@ async fn fleet_readings_are_counted_exactly(broker: &BrokerUrl) -> anyhow::Resul
 
 /// Killed mid-stream and restarted, the ingester stores every QoS 1 reading exactly once.
 ///
-/// The embedded broker (rmqtt 0.24) on its own lost 5 to 39 of these 3,000 readings in nine of ten runs when the
-/// new connection took the session over; `ferrite-broker`'s takeover hooks (`services/broker/src/hooks.rs`) close
-/// those gaps, and `services/broker/tests/broker/takeover.rs` pins them down without the database.
+/// The engine the broker had before ours (rmqtt 0.24) lost 5 to 39 of these 3,000 readings in nine of ten runs when
+/// the new connection took the session over; `services/broker/tests/broker/takeover.rs` pins the takeover down
+/// without the database.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_ingester_loses_and_doubles_nothing() -> anyhow::Result<()> {
     ferrite_testkit::init_test_tracing();

@@ -1,7 +1,4 @@
-//! Ferrite's own MQTT engine (issue 13), selected with [`crate::EngineKind::Ferrite`] (`--engine ferrite`).
-//!
-//! Built over `ferrite-mqtt-codec`; rmqtt stays the default until this engine passes every broker, pipeline and
-//! acceptance test.
+//! Ferrite's own MQTT engine (issue 13), over `ferrite-mqtt-codec`.
 //!
 //! # Layout
 //! - [`Engine`] (this file): bind the listeners and open the store, serve, stop in order.
@@ -148,8 +145,7 @@ impl Engine {
         };
         let (store, recovered) =
             store::Store::open(&data_dir.join("store"), config.durability).map_err(|e| match e {
-                store::StoreError::InUse => BrokerError::DataDirInUse { path: data_dir.to_path_buf() },
-                #[allow(unreachable_patterns)]
+                store::StoreError::InUse { .. } => BrokerError::DataDirInUse { path: data_dir.to_path_buf() },
                 other => BrokerError::Storage { path: data_dir.to_path_buf(), reason: other.to_string() },
             })?;
         let limits = Limits {

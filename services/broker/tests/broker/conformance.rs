@@ -1,6 +1,6 @@
 //! Conformance: each behaviour the Eclipse Paho interoperability suites check (MQTT 3.1.1 and 5), as a scenario
 //! of our own (`tests/clients/conformance.py`: Eclipse Paho, plus a raw client where a check needs the wire) run
-//! against the engine under test (`FERRITE_BROKER_ENGINE`, see `support::engine`).
+//! against our broker.
 //!
 //! Broker configuration the scenarios need (the same as `scripts/conformance-mosquitto.sh` gives Mosquitto):
 //! - `subscribe_failure`: an authorizer that refuses subscriptions to `test/nosubscribe` ([`DenyNoSubscribe`]);
@@ -8,20 +8,19 @@
 //! - `topic_alias_*`: [`Config::topic_alias_maximum`] of [`TOPIC_ALIAS_MAXIMUM`];
 //! - everything else: the default test configuration (`support::test_config`).
 //!
-//! On rmqtt, `retained` runs with `--retained-eventually` (see [`retained`]).
-//!
-//! A few scenarios run only on Ferrite's engine ([`ferrite_engine_only`]); each says what rmqtt 0.24 gets wrong.
+//! Six of them failed on rmqtt 0.24, the engine before ours: redelivery on reconnect (both versions: reverse order),
+//! topic aliases both ways, server keep alive, and maximum packet size.
 
 use std::net::SocketAddr;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ferrite_broker::{AllowAll, AuthDecision, Authorizer, BoxFuture, Config, EngineKind, Identity};
+use ferrite_broker::{AllowAll, AuthDecision, Authorizer, BoxFuture, Config, Identity};
 use serde_json::Value;
 use tokio::process::Command;
 
-use crate::support::{TestBroker, clients_dir, engine, ferrite_engine_only, missing};
+use crate::support::{TestBroker, clients_dir, missing};
 
 /// The whole run of one scenario: a guard against hangs (each of its steps has 20 s, a few wait out a keep alive).
 const SCENARIO_GUARD: Duration = Duration::from_secs(240);
@@ -31,16 +30,6 @@ const SERVER_KEEP_ALIVE: Duration = Duration::from_secs(2);
 const TOPIC_ALIAS_MAXIMUM: u16 = 10;
 /// The filter [`DenyNoSubscribe`] refuses.
 const DENIED_FILTER: &str = "test/nosubscribe";
-
-/// Why some scenarios run only on Ferrite's engine: what rmqtt 0.24 (with our hooks) was measured to do instead.
-const RMQTT_REDELIVERS_IN_REVERSE: &str = "redelivery_on_reconnect: rmqtt 0.24 sends unacknowledged messages again in reverse order (with DUP and their packet ids)";
-const RMQTT_NO_INBOUND_ALIASES: &str = "topic_alias_client: rmqtt 0.24 announces no Topic Alias Maximum (Config::topic_alias_maximum is Ferrite's engine only)";
-const RMQTT_NO_OUTBOUND_ALIASES: &str =
-    "topic_alias_server: rmqtt 0.24 never uses a topic alias towards a client that allows them";
-const RMQTT_ECHOES_KEEP_ALIVE: &str = "server_keep_alive: rmqtt 0.24 announces the client's own keep alive as Server Keep Alive \
-     (Config::server_keep_alive is Ferrite's engine only)";
-const RMQTT_PACKET_SIZE: &str = "maximum_packet_size: rmqtt 0.24 closes an oversized publisher without DISCONNECT 0x95, \
-     and closes a client instead of skipping a message above the client's Maximum Packet Size";
 
 #[derive(Debug, Clone, Copy)]
 enum Version {
@@ -117,16 +106,10 @@ async fn on_default_broker(version: Version, name: &str) -> Report {
 }
 
 /// `retained` checks that a subscriber arriving right after the publisher's acknowledgement sees the retained value
-/// (and, after an empty retained publish, none). rmqtt 0.24 stores retained values after acknowledging them:
-/// measured with 6 tests at once, a new subscriber missed the QoS 1 and 2 values for good, or still got cleared ones,
-/// in 3 of 7 runs. On rmqtt the scenario therefore lets fresh subscribers retry until they see the expected state.
+/// (and, after an empty retained publish, none): the broker keeps a retained value before it acknowledges it.
 async fn retained(version: Version) {
-    let lenient: &[&str] = match engine() {
-        EngineKind::Rmqtt => &["--retained-eventually"],
-        EngineKind::Ferrite => &[],
-    };
     let broker = TestBroker::start().await;
-    scenario(broker.mqtt, version, "retained", lenient).await;
+    scenario(broker.mqtt, version, "retained", &[]).await;
     broker.stop().await;
 }
 
@@ -207,9 +190,6 @@ async fn keepalive_v311() {
 
 #[tokio::test]
 async fn redelivery_on_reconnect_v311() {
-    if !ferrite_engine_only(RMQTT_REDELIVERS_IN_REVERSE) {
-        return;
-    }
     on_default_broker(Version::V311, "redelivery_on_reconnect").await;
 }
 
@@ -252,9 +232,6 @@ async fn keepalive_v5() {
 
 #[tokio::test]
 async fn redelivery_on_reconnect_v5() {
-    if !ferrite_engine_only(RMQTT_REDELIVERS_IN_REVERSE) {
-        return;
-    }
     on_default_broker(Version::V5, "redelivery_on_reconnect").await;
 }
 
@@ -267,9 +244,6 @@ async fn subscribe_failure_v5() {
 
 #[tokio::test]
 async fn topic_alias_client_v5() {
-    if !ferrite_engine_only(RMQTT_NO_INBOUND_ALIASES) {
-        return;
-    }
     let report = on_broker(Arc::new(AllowAll), with_topic_aliases, Version::V5, "topic_alias_client").await;
     assert_eq!(
         report.event("broker_topic_alias_maximum")["maximum"],
@@ -280,17 +254,11 @@ async fn topic_alias_client_v5() {
 
 #[tokio::test]
 async fn topic_alias_server_v5() {
-    if !ferrite_engine_only(RMQTT_NO_OUTBOUND_ALIASES) {
-        return;
-    }
     on_broker(Arc::new(AllowAll), with_topic_aliases, Version::V5, "topic_alias_server").await;
 }
 
 #[tokio::test]
 async fn server_keep_alive_v5() {
-    if !ferrite_engine_only(RMQTT_ECHOES_KEEP_ALIVE) {
-        return;
-    }
     let report = on_broker(
         Arc::new(AllowAll),
         |config| config.server_keep_alive = Some(SERVER_KEEP_ALIVE),
@@ -343,9 +311,6 @@ async fn session_expiry_v5() {
 
 #[tokio::test]
 async fn maximum_packet_size_v5() {
-    if !ferrite_engine_only(RMQTT_PACKET_SIZE) {
-        return;
-    }
     let report = on_default_broker(Version::V5, "maximum_packet_size").await;
     assert_eq!(
         report.event("broker_maximum_packet_size")["bytes"],

@@ -1,6 +1,6 @@
 //! Integration tests of the embedded broker, driven by third-party clients (Paho, mosquitto) and rumqttc.
 //!
-//! One test binary on purpose: every binary links rmqtt again, and the restart test runs this
+//! One test binary on purpose: each binary links the whole broker again, and the restart test runs this
 //! binary again as the broker's child process.
 
 mod authorizer;

@@ -80,7 +80,7 @@ async fn mqtt5_user_properties_pass_through() {
     let properties = &message["user_properties"];
     assert_eq!(properties["traceparent"], "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
     assert_eq!(properties["unit"], "C");
-    // rmqtt's default would stamp a 5 minute Message Expiry Interval on every v5 delivery.
+    // A broker default (rmqtt's was 5 minutes) must not stamp an expiry on every v5 delivery.
     assert!(message["message_expiry"].is_null(), "no expiry the publisher did not set: {message}");
     broker.stop().await;
 }
@@ -173,8 +173,7 @@ async fn sys_topics_report_broker_events() {
     let broker = TestBroker::start().await;
     let mut watcher = Paho::tcp(broker.mqtt).sub("$SYS/#", 0).hold().spawn();
     watcher.wait_for("ready").await;
-    // rmqtt: any client connecting publishes `$SYS/brokers/{node}/clients/{id}/connected`; Ferrite's engine keeps
-    // Mosquitto's retained `$SYS/broker/...` values, which a new subscriber gets at once.
+    // Like Mosquitto, the broker keeps retained `$SYS/broker/...` values, which a new subscriber gets at once.
     mosquitto_pub(broker.mqtt, &["-i", "sys-trigger", "-t", "some/topic", "-m", "x"]).await;
     let message = watcher.wait_for("message").await;
     let topic = message["topic"].as_str().unwrap_or_default();

@@ -1,10 +1,8 @@
 //! A broker restarted on the same data directory keeps retained values and the queued QoS 1
 //! messages of persistent sessions.
 //!
-//! The restart happens in a child process, because it cannot happen in this one: rmqtt-storage keeps
-//! each sled database open from a thread that never ends, so a stopped broker's data directory stays
-//! locked until its process exits (a second `Broker::bind` on it fails with a lock error). The child is
-//! this very test binary, run with [`CHILD_DATA_DIR`] set, executing [`restart_child_broker`].
+//! The broker runs in a child process, as a real restart does (nothing of the first broker can linger in memory).
+//! The child is this very test binary, run with [`CHILD_DATA_DIR`] set, executing [`restart_child_broker`].
 
 use std::net::SocketAddr;
 use std::path::Path;

@@ -9,7 +9,7 @@ use tokio::net::TcpStream;
 
 use crate::support::{HANG_GUARD, Paho, TestBroker};
 
-/// The first 11 bytes of a 30-byte MQTT 3.1.1 CONNECT: enough for rmqtt to recognise the protocol,
+/// The first 11 bytes of a 30-byte MQTT 3.1.1 CONNECT: enough to recognise the protocol,
 /// not enough for a whole packet.
 const PARTIAL_CONNECT: &[u8] = b"\x10\x1e\x00\x04MQTT\x04\x02\x00";
 

@@ -112,7 +112,7 @@ async fn last_will_is_not_published_after_a_clean_disconnect() {
     broker.stop().await;
 }
 
-/// rmqtt on its own refused about one reconnect in ten here with "server unavailable"; see `hooks.rs`.
+/// rmqtt 0.24, the engine before ours, refused about one reconnect in ten here with "server unavailable".
 #[tokio::test]
 async fn immediate_reconnect_with_the_same_client_id_is_accepted() {
     let broker = TestBroker::start().await;

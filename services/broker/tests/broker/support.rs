@@ -7,7 +7,7 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ferrite_broker::{AllowAll, Authorizer, Broker, Config, EngineKind};
+use ferrite_broker::{AllowAll, Authorizer, Broker, Config};
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdout, Command};
@@ -61,7 +61,7 @@ impl TestBroker {
     }
 }
 
-/// Tests are quiet unless `TEST_LOG` holds a filter, e.g. `TEST_LOG=ferrite_broker=debug,rmqtt=info`.
+/// Tests are quiet unless `TEST_LOG` holds a filter, e.g. `TEST_LOG=ferrite_broker=debug`.
 pub fn init_test_log() {
     if let Ok(filter) = std::env::var("TEST_LOG") {
         // Several tests may try; the first one wins.
@@ -69,28 +69,9 @@ pub fn init_test_log() {
     }
 }
 
-/// The engine under test: `FERRITE_BROKER_ENGINE=ferrite|rmqtt` (rmqtt, the default engine, when unset).
-pub fn engine() -> EngineKind {
-    EngineKind::from_env()
-}
-
-/// Whether a test that only Ferrite's own engine passes should run: false, after saying so, on rmqtt.
-///
-/// Only for behaviours rmqtt demonstrably gets wrong (each caller says which and why); the gate goes when rmqtt does (issue 13).
-pub fn ferrite_engine_only(test: &str) -> bool {
-    match engine() {
-        EngineKind::Ferrite => true,
-        EngineKind::Rmqtt => {
-            println!("skipped on rmqtt: {test}");
-            false
-        }
-    }
-}
-
-/// The configuration every test starts from: loopback, port 0, the given data directory, the engine under test.
+/// The configuration every test starts from: loopback, port 0, the given data directory.
 pub fn test_config(data_dir: &Path) -> Config {
     Config {
-        engine: engine(),
         mqtt_addr: "127.0.0.1:0".parse().expect("a literal socket address parses"),
         ws_addr: Some("127.0.0.1:0".parse().expect("a literal socket address parses")),
         data_dir: data_dir.to_path_buf(),

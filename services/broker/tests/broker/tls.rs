@@ -1,10 +1,10 @@
-//! MQTT over TLS (Ferrite's engine): a certificate made with the openssl command line, mosquitto clients on both
+//! MQTT over TLS: a certificate made with the openssl command line, mosquitto clients on both
 //! sides of the broker, and what a client that does not speak TLS, or a bad key file, gets.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use ferrite_broker::{AllowAll, Broker, BrokerError, EngineKind, TlsConfig};
+use ferrite_broker::{AllowAll, Broker, BrokerError, TlsConfig};
 
 use crate::support::{HANG_GUARD, TestBroker, mosquitto_pub, test_config};
 
@@ -35,7 +35,6 @@ async fn tls_clients_get_what_tcp_clients_publish() {
     let tls = tls_config(certs.path());
     let cafile = tls.cert_chain.clone();
     let broker = TestBroker::start_with(Arc::new(AllowAll), |config| {
-        config.engine = EngineKind::Ferrite;
         config.tls = Some(tls);
     })
     .await;
@@ -83,7 +82,6 @@ async fn a_bad_key_file_is_a_clear_error() {
     std::fs::write(&tls.key, "not a key").expect("the key file can be overwritten");
     let data = tempfile::tempdir().expect("a temporary directory");
     let mut config = test_config(data.path());
-    config.engine = EngineKind::Ferrite;
     config.tls = Some(tls);
     match Broker::bind(config).await {
         Err(BrokerError::Tls(reason)) => assert!(reason.contains("private key"), "{reason}"),

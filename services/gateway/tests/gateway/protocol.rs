@@ -424,9 +424,8 @@ async fn shutdown_closes_browsers_with_going_away() -> anyhow::Result<()> {
 
 /// Messages far above rumqttc's default limit of 10 KiB reach browsers, retained ones from the cache too.
 ///
-/// Above [`ferrite_gateway::MAX_MQTT_PACKET`] the broker should drop a message for the gateway alone
-/// (MQTT 5, Maximum Packet Size); rmqtt 0.24 instead closes the gateway's connection (its encoder fails with
-/// `OverMaxPacketSize`), so that case is the broker's to fix and is not tested here.
+/// Above [`ferrite_gateway::MAX_MQTT_PACKET`] the broker drops a message for the gateway alone (MQTT 5, Maximum
+/// Packet Size; counted as `too_large_for_client`); the broker's conformance test `maximum_packet_size_v5` checks that.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_messages_arrive() -> anyhow::Result<()> {
     let harness = Harness::start().await?;
