@@ -1,5 +1,5 @@
-//! A broker restarted on the same data directory keeps retained values and the queued QoS 1
-//! messages of persistent sessions.
+//! A broker restarted on the same data directory, after an orderly stop or a SIGKILL, keeps retained values and the
+//! queued QoS 1 messages of persistent sessions.
 //!
 //! The broker runs in a child process, as a real restart does (nothing of the first broker can linger in memory).
 //! The child is this very test binary, run with [`CHILD_DATA_DIR`] set, executing [`restart_child_broker`].
@@ -76,6 +76,16 @@ impl ChildBroker {
             .expect("the child can be waited for");
         assert!(status.success(), "the child broker exited with {status}");
     }
+
+    /// SIGKILL: no orderly stop, nothing flushed on the way out.
+    async fn kill(mut self) {
+        self.process.start_kill().expect("the child can be killed");
+        let status = tokio::time::timeout(HANG_GUARD, self.process.wait())
+            .await
+            .expect("the killed child exits")
+            .expect("the child can be waited for");
+        assert!(!status.success(), "the child was killed, not stopped: {status}");
+    }
 }
 
 /// Skips the test harness's own output until `marker` appears, and returns what follows it on its line
@@ -95,6 +105,22 @@ async fn read_until(output: &mut Lines<BufReader<ChildStdout>>, marker: &str) ->
 
 #[tokio::test]
 async fn retained_values_and_queued_messages_survive_a_restart() {
+    survive(Departure::Stopped).await;
+}
+
+/// With `--durability sync` (the default), a QoS 1 publish is acknowledged once its writes are on disk, so whatever
+/// the publishers were told survives a SIGKILL of the broker right after.
+#[tokio::test]
+async fn acknowledged_messages_survive_a_sigkill() {
+    survive(Departure::Killed).await;
+}
+
+enum Departure {
+    Stopped,
+    Killed,
+}
+
+async fn survive(departure: Departure) {
     let data_dir = tempfile::tempdir().expect("a temporary directory can be created");
     let v311 = |addr| Paho::tcp(addr).v3().client_id("restart-v311").persistent();
     let v5 = |addr| Paho::tcp(addr).client_id("restart-v5").persistent().session_expiry(3600);
@@ -106,7 +132,10 @@ async fn retained_values_and_queued_messages_survive_a_restart() {
     for n in 1..=3 {
         mosquitto_pub(first.mqtt, &["-q", "1", "-t", "restart/queue", "-m", &format!("m{n}")]).await;
     }
-    first.stop().await;
+    match departure {
+        Departure::Stopped => first.stop().await,
+        Departure::Killed => first.kill().await,
+    }
 
     let second = ChildBroker::start(data_dir.path()).await;
     let retained = mosquitto_sub(second.mqtt, &["-C", "1", "-W", "20", "-t", "restart/retained"]).await;
