@@ -73,6 +73,10 @@ fn io_error(context: impl Into<String>) -> impl FnOnce(io::Error) -> StoreError 
     move |source| StoreError::io(context, source)
 }
 
+/// How long opening waits for a lock that this process itself seems to hold (see [`lock`]), and how often it looks.
+const OWN_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+const OWN_LOCK_POLL: std::time::Duration = std::time::Duration::from_millis(10);
+
 /// Takes the directory's lock, or says who holds it.
 fn lock(dir: &Path) -> Result<File, StoreError> {
     let path = dir.join(LOCK_FILE);
@@ -83,18 +87,32 @@ fn lock(dir: &Path) -> Result<File, StoreError> {
         .truncate(false)
         .open(&path)
         .map_err(io_error(format!("opening {}", path.display())))?;
-    match file.try_lock() {
-        Ok(()) => {}
-        Err(TryLockError::WouldBlock) => {
-            let mut holder = String::new();
-            let _ = file.read_to_string(&mut holder);
-            return Err(StoreError::InUse { dir: dir.to_owned(), holder: holder.trim().to_owned() });
+    let own_pid = std::process::id().to_string();
+    let mut waited = std::time::Duration::ZERO;
+    loop {
+        match file.try_lock() {
+            Ok(()) => break,
+            Err(TryLockError::WouldBlock) => {
+                let mut holder = String::new();
+                let _ = file.seek(SeekFrom::Start(0));
+                let _ = file.read_to_string(&mut holder);
+                let holder = holder.trim().to_owned();
+                // A store of this very process that was just closed can still look held: a child being spawned by
+                // another thread shares the lock's descriptor between its fork and its exec. That clears within
+                // milliseconds; another holder does not.
+                if holder == own_pid && waited < OWN_LOCK_WAIT {
+                    std::thread::sleep(OWN_LOCK_POLL);
+                    waited += OWN_LOCK_POLL;
+                    continue;
+                }
+                return Err(StoreError::InUse { dir: dir.to_owned(), holder });
+            }
+            Err(TryLockError::Error(e)) => return Err(StoreError::io(format!("locking {}", path.display()), e)),
         }
-        Err(TryLockError::Error(e)) => return Err(StoreError::io(format!("locking {}", path.display()), e)),
     }
-    let pid = std::process::id().to_string();
     file.set_len(0)
-        .and_then(|()| file.write_all(pid.as_bytes()))
+        .and_then(|()| file.seek(SeekFrom::Start(0)).map(drop))
+        .and_then(|()| file.write_all(own_pid.as_bytes()))
         .map_err(io_error(format!("writing {}", path.display())))?;
     Ok(file)
 }
