@@ -2,7 +2,8 @@
 //! playwright-core from `services/gateway/tests/js/platform.mjs`: every card has values and a sparkline from the
 //! REST API on arrival (the time is measured and printed, not asserted), search by id and tag, a restart from a
 //! card and a command from the device page through the commands API, the device page's time ranges, and a rule
-//! written in the rule editor firing into the alert list and resolving after an edit. What the page did is then
+//! written in the rule editor firing into the alert list and resolving after an edit, and the `?token=` flow
+//! (a wrong token is refused with advice, a right one is sent to the API as a bearer token). What the page did is then
 //! checked through the REST API. Screenshots of each view are kept under `target/test-artifacts/`.
 
 use std::io::{BufRead, BufReader};
@@ -92,9 +93,18 @@ async fn the_dashboard_of_a_platform() -> anyhow::Result<()> {
     let shots = artifacts_dir()?;
     let platform = Platform::up(&["--fleet", &FLEET.to_string()]).await?;
     let url = format!("{}/", platform.http);
+    let created = http_request(
+        "POST",
+        &format!("{}/tokens", platform.api),
+        None,
+        Some(("application/json", r#"{"name":"dashboard"}"#)),
+    )
+    .await?
+    .json();
+    let token = created["secret"].as_str().with_context(|| format!("a token: {created}"))?.to_owned();
     let (shots_arg, fleet_arg) = (shots.to_string_lossy().into_owned(), FLEET.to_string());
     let events = tokio::task::spawn_blocking(move || {
-        run_script(&js, &[url.as_str(), shots_arg.as_str(), fleet_arg.as_str(), DEVICE], &chromium)
+        run_script(&js, &[url.as_str(), shots_arg.as_str(), fleet_arg.as_str(), DEVICE, token.as_str()], &chromium)
     })
     .await??;
 
@@ -115,6 +125,9 @@ async fn the_dashboard_of_a_platform() -> anyhow::Result<()> {
         ensure!(metrics.iter().any(|metric| metric == "temperature"), "no temperature chart for {range}: {ranges}");
     }
     event(&events, "alert-resolved")?;
+    let token = event(&events, "token")?;
+    ensure!(token["refused"].as_str().is_some_and(|text| text.contains("?token=")), "{token}");
+    ensure!(token["allBearer"] == true && token["localhost"] == "on", "{token}");
     event(&events, "done")?;
 
     // What the page did, as the API sees it.

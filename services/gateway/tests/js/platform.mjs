@@ -1,7 +1,7 @@
 // Drives the dashboard of a whole platform (`ferrite up --fleet N`) in Debian's Chromium through playwright-core:
 // history on arrival, search, a restart and a command through the commands API, the device page's time ranges,
 // and a rule written in the rule editor firing into the alert list, then resolving after an edit.
-// Usage: node platform.mjs <dashboard url> <screenshot directory> <fleet size> <device>
+// Usage: node platform.mjs <dashboard url> <screenshot directory> <fleet size> <device> <API token>
 //
 // Run by the Rust test `dashboard::the_dashboard_of_a_platform` (crates/ferrite/tests/hardening), which starts
 // `ferrite up` and checks through the REST API what this script did through the page.
@@ -11,7 +11,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { chromium } from 'playwright-core';
 
-const [url, shots, fleetArg, target] = process.argv.slice(2);
+const [url, shots, fleetArg, target, apiToken] = process.argv.slice(2);
 const fleet = Number(fleetArg);
 const executablePath = process.env.CHROMIUM || '/usr/bin/chromium';
 /** Playwright waits this long for each outcome; the machine may be a loaded two-core CI box. */
@@ -29,7 +29,7 @@ async function fail(message) {
   if (userDataDir) rmSync(userDataDir, { recursive: true, force: true });
   process.exit(1);
 }
-if (!url || !shots || !fleet || !target) await fail('usage: node platform.mjs <url> <screenshot dir> <fleet size> <device>');
+if (!url || !shots || !fleet || !target || !apiToken) await fail('usage: node platform.mjs <url> <screenshot dir> <fleet size> <device> <API token>');
 // Bounded: the script never outlives the test that runs it.
 setTimeout(() => fail('timed out after 300 s'), 300_000).unref();
 
@@ -140,6 +140,30 @@ try {
   await page.locator('#alerts-resolved tr', { hasText: target }).waitFor();
   await page.locator('#alerts-firing tr', { hasText: 'Nothing is firing.' }).waitFor();
   say('alert-resolved', { row: await page.textContent('#alerts-resolved tr') });
+
+  // The token flow beyond loopback: `?token=` in the page's address goes to the API as a bearer token (the API
+  // checks any token it is given, on loopback too) and to the WebSocket. A wrong one says how to fix it.
+  const other = await browser.newPage();
+  const otherProblems = [];
+  other.on('pageerror', (error) => otherProblems.push(`page error: ${error.message}`));
+  const withToken = (address, value) => `${address}?token=${encodeURIComponent(value)}`;
+  const bearer = [];
+  other.on('request', (request) => {
+    if (request.url().includes('/api/v1/')) bearer.push(request.headers().authorization || '');
+  });
+  await other.goto(withToken(url, 'fer_wrong'));
+  await other.locator('#api-banner', { hasText: 'needs a token' }).waitFor();
+  const refused = await other.textContent('#api-banner');
+  bearer.length = 0;
+  await other.goto(withToken(url, apiToken));
+  await other.waitForFunction((n) => document.querySelectorAll('.card.loaded').length >= n, Math.min(fleet, 24));
+  const allBearer = bearer.length > 0 && bearer.every((value) => value === `Bearer ${apiToken}`);
+  // The page under another loopback name reaches the API under that name too (the registry admits the dashboard's port).
+  await other.goto(url.replace('127.0.0.1', 'localhost'));
+  await other.waitForFunction((n) => document.querySelectorAll('.card.loaded').length >= n, Math.min(fleet, 24));
+  say('token', { refused, calls: bearer.length, allBearer, localhost: await other.getAttribute('body', 'data-api') });
+  await other.close();
+  problems.push(...otherProblems);
 
   if (problems.length) await fail(problems.join('; '));
   say('done');
