@@ -341,7 +341,8 @@
       this.cursors = [undefined];
       this.refresh();
     },
-    async refresh() {
+    /** Shows the current page; `strict`: a failed listing is thrown (the first one decides on live mode) instead of shown. */
+    async refresh(strict = false) {
       const generation = ++this.generation;
       let ids;
       if (api.base) {
@@ -349,6 +350,7 @@
         try {
           result = await api.get('/devices', { limit: PAGE_SIZE, prefix: this.prefix.trim(), tag: this.tag.trim(), cursor: this.cursors[this.page] });
         } catch (error) {
+          if (strict) throw error;
           if (generation === this.generation) toast('Devices not listed', error.message, 'error');
           return;
         }
@@ -1326,7 +1328,8 @@
     if (base) {
       api.base = base;
       try {
-        await api.get('/devices', { limit: 1 });
+        // The first page of devices is also the test of the API: no round trip is spent on a probe.
+        await pager.refresh(true);
       } catch (error) {
         // 401: the API wants a token (open the page with ?token=...); anything else: it is not reachable.
         api.base = null;
@@ -1342,12 +1345,13 @@
       $('search').placeholder = 'Filter devices by id';
       $('tag').hidden = true;
       $('nav-alerts').hidden = true;
+      pager.refresh();
     } else {
-      counts.refresh();
+      // The fleet's counts walk every device: after the cards have had the connections to themselves.
+      setTimeout(() => counts.refresh(), 1000);
       setInterval(() => counts.refresh(), COUNT_EVERY_MS);
     }
     document.body.dataset.api = api.base ? 'on' : 'off';
-    pager.refresh();
     route();
     requestFrame();
   }

@@ -165,3 +165,102 @@ async fn the_dashboard_of_a_platform() -> anyhow::Result<()> {
     ensure!(status.success(), "ferrite up exited with {status}");
     Ok(())
 }
+
+/// One raw HTTP/1.1 request to `addr` naming `host`, with these headers (bytes, as a hostile browser could send
+/// them); the status, the head in lower case, and the body.
+async fn raw_request(
+    addr: &str,
+    host: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &[u8])],
+) -> anyhow::Result<(u16, String, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    let mut request = format!("{method} {path} HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n").into_bytes();
+    for (name, value) in headers {
+        request.extend_from_slice(name.as_bytes());
+        request.extend_from_slice(b": ");
+        request.extend_from_slice(value);
+        request.extend_from_slice(b"\r\n");
+    }
+    request.extend_from_slice(b"\r\n");
+    stream.write_all(&request).await?;
+    let mut response = Vec::new();
+    tokio::time::timeout(std::time::Duration::from_secs(30), stream.read_to_end(&mut response)).await??;
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head.split_whitespace().nth(1).and_then(|code| code.parse().ok()).unwrap_or(0);
+    Ok((status, head.to_ascii_lowercase(), body.to_owned()))
+}
+
+/// The REST API answers the dashboard's cross-origin calls, and only its: the gateway's port under the name the
+/// browser used, the same origin, and `--allowed-origins`; hostile `Origin` values get no CORS headers (their
+/// preflight a 403 naming the flag) and never cost anyone else an answer. `/config.json` tells the page the port.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_admits_the_dashboard_beside_it_and_no_other_page() -> anyhow::Result<()> {
+    let platform = Platform::up(&["--allowed-origins", "https://dash.example.com"]).await?;
+    let rest = platform.api.trim_start_matches("http://").trim_end_matches("/api/v1").to_owned();
+    let http = platform.http.trim_start_matches("http://").to_owned();
+    let (rest_port, http_port) =
+        (rest.rsplit(':').next().context("a port")?, http.rsplit(':').next().context("a port")?);
+
+    let config = http_request("GET", &format!("{}/config.json", platform.http), None, None).await?.json();
+    ensure!(config["apiPort"].as_u64() == rest_port.parse().ok(), "{config}");
+
+    let preflight = |origin: Vec<u8>| {
+        let rest = rest.clone();
+        async move {
+            let headers: [(&str, &[u8]); 3] = [
+                ("origin", &origin),
+                ("access-control-request-method", b"POST"),
+                ("access-control-request-headers", b"authorization, content-type"),
+            ];
+            raw_request(&rest, &rest, "OPTIONS", "/api/v1/devices/sim-0001/commands", &headers).await
+        }
+    };
+    for admitted in [
+        format!("http://127.0.0.1:{http_port}"),
+        format!("http://localhost:{http_port}"),
+        "https://dash.example.com".into(),
+    ] {
+        // The request's Host must carry the same name for the sibling rule; localhost is sent by a page under localhost.
+        let rest_host =
+            if admitted.contains("localhost") { rest.replace("127.0.0.1", "localhost") } else { rest.clone() };
+        let headers: [(&str, &[u8]); 2] = [("origin", admitted.as_bytes()), ("access-control-request-method", b"GET")];
+        let (status, head, _) = raw_request(&rest, &rest_host, "OPTIONS", "/api/v1/devices", &headers).await?;
+        ensure!(
+            status == 204 && head.contains(&format!("access-control-allow-origin: {admitted}")),
+            "{admitted}: {status} {head}"
+        );
+    }
+    let hostile: Vec<Vec<u8>> = vec![
+        b"https://evil.example".to_vec(),
+        b"null".to_vec(),
+        b"http://127.0.0.1:1".to_vec(),
+        format!("http://evil.example:{http_port}").into_bytes(),
+        b"http://127.0.0.1:99999".to_vec(),
+        vec![0xff, 0xfe, b'h', b't'],
+        "h".repeat(4000).into_bytes(),
+        b"*".to_vec(),
+    ];
+    for origin in hostile {
+        let (status, head, body) = preflight(origin.clone()).await?;
+        let shown = String::from_utf8_lossy(&origin);
+        ensure!(!head.contains("access-control-allow-origin"), "{shown}: {head}");
+        ensure!(status == 403 || status == 400, "{shown}: {status} {head}");
+        if status == 403 {
+            ensure!(body.contains("--allowed-origins"), "{shown}: {body}");
+        }
+        // A plain call from that page is served (scripts may call the API), but the browser is not let read it.
+        let headers: [(&str, &[u8]); 1] = [("origin", &origin)];
+        let (status, head, _) = raw_request(&rest, &rest, "GET", "/api/v1/devices", &headers).await?;
+        ensure!(!head.contains("access-control-allow-origin"), "{shown}: {head}");
+        ensure!(status == 200 || status == 400, "{shown}: {status}");
+    }
+    // Nobody else lost anything: the API still answers.
+    ensure!(http_request("GET", &format!("{}/devices", platform.api), None, None).await?.status == 200);
+    let status = platform.stop().await?;
+    ensure!(status.success(), "ferrite up exited with {status}");
+    Ok(())
+}
