@@ -783,9 +783,11 @@
         api.telemetry(id, { from, bucket }),
         api.get('/alerts', { device: id, limit: 50 }),
         api.get(`${api.device(id)}/commands`, { limit: 20 }),
+        api.get(`${api.device(id)}/presence`, { limit: 20 }),
       ]);
       if (generation !== this.generation || id !== this.id) return;
-      const [info, latest, history, alerts, commands] = results;
+      const [info, latest, history, alerts, commands, presence] = results;
+      this.presenceHistory = presence.status === 'fulfilled' ? presence.value : [];
       if (info.status === 'fulfilled') {
         onDeviceInfo(info.value);
         this.showInfo(info.value);
@@ -888,20 +890,26 @@
         return tr;
       }));
     },
+    presenceHistory: [],
+    /** The stored history (`GET /devices/{id}/presence`), with the changes heard live since it was read on top. */
     showPresence() {
       const list = $('device-presence-log');
-      const info = this.info;
+      const newest = this.presenceHistory.length ? tsMillis(this.presenceHistory[0].changedAt) : 0;
       const items = [];
       for (const event of [...this.presenceEvents].reverse()) {
-        items.push(el('li', event.online ? 'on' : 'off', `${event.online ? 'online' : 'offline'} · ${when(event.ts)} (live)`));
+        if (event.ts <= newest) continue;
+        const item = el('li', event.online ? 'on' : 'off', `${event.online ? 'online' : 'offline'} · ${when(event.ts)} (live)`);
+        item.dataset.source = 'live';
+        items.push(item);
       }
-      if (info && info.presence) {
-        const presence = info.presence;
-        items.push(el('li', presence.online ? 'on' : 'off', `${presence.online ? 'online' : 'offline'} since ${when(tsMillis(presence.changedAt))}`));
-        items.push(el('li', 'muted', `last heard ${ago(tsMillis(presence.lastSeen))}`));
-      } else if (!items.length) {
-        items.push(el('li', 'muted', 'Never announced itself on devices/{id}/status.'));
+      for (const event of this.presenceHistory) {
+        const item = el('li', event.online ? 'on' : 'off', `${event.online ? 'online' : 'offline'} · ${when(tsMillis(event.changedAt))}`);
+        item.dataset.source = 'api';
+        items.push(item);
       }
+      const entry = this.id ? device(this.id) : null;
+      if (entry && entry.seen) items.push(el('li', 'muted', `last heard ${ago(entry.seen)}`));
+      if (!items.length) items.push(el('li', 'muted', 'Never announced itself on devices/{id}/status.'));
       list.replaceChildren(...items);
     },
     onSensorUpdate(msg, ts) {
@@ -919,10 +927,9 @@
     onStatus(msg) {
       if (msg.deviceId !== this.id) return;
       setPresence($('device-presence'), msg.online);
-      this.presenceEvents.push({ online: msg.online, ts: tsMillis(msg.ts) });
-      if (this.info && this.info.presence && this.info.presence.online !== msg.online) {
-        this.info.presence = { ...this.info.presence, online: msg.online, changedAt: msg.ts };
-      }
+      const last = this.presenceEvents[this.presenceEvents.length - 1];
+      // A retained status replayed on subscribing is no change.
+      if (!last || last.online !== msg.online) this.presenceEvents.push({ online: msg.online, ts: tsMillis(msg.ts) });
       this.showPresence();
     },
     onAlert(msg) {

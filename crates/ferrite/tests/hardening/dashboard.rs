@@ -1,7 +1,8 @@
 //! The dashboard of a whole platform (`ferrite up --fleet 12`) in a real headless Chromium (Debian's), driven by
 //! playwright-core from `services/gateway/tests/js/platform.mjs`: every card has values and a sparkline from the
 //! REST API on arrival (the time is measured and printed, not asserted), search by id and tag, a restart from a
-//! card and a command from the device page through the commands API, the device page's time ranges, and a rule
+//! card and a command from the device page through the commands API, the device page's time ranges and presence
+//! history, and a rule
 //! written in the rule editor firing into the alert list and resolving after an edit, and the `?token=` flow
 //! (a wrong token is refused with advice, a right one is sent to the API as a bearer token). What the page did is then
 //! checked through the REST API. Screenshots of each view are kept under `target/test-artifacts/`.
@@ -124,6 +125,8 @@ async fn the_dashboard_of_a_platform() -> anyhow::Result<()> {
         let metrics = ranges["ranges"][range].as_array().with_context(|| format!("{ranges}"))?;
         ensure!(metrics.iter().any(|metric| metric == "temperature"), "no temperature chart for {range}: {ranges}");
     }
+    let presence = ranges["presence"].as_array().with_context(|| format!("{ranges}"))?;
+    ensure!(presence.iter().any(|item| item.as_str().is_some_and(|text| text.starts_with("api:online"))), "{ranges}");
     event(&events, "alert-resolved")?;
     let token = event(&events, "token")?;
     ensure!(token["refused"].as_str().is_some_and(|text| text.contains("?token=")), "{token}");

@@ -99,7 +99,9 @@ try {
     await page.waitForSelector(`body[data-device-loaded="${target}"]`);
     ranges[range] = await page.$$eval('.chart-panel', (panels) => panels.map((panel) => panel.dataset.metric));
   }
-  say('ranges', { ranges, latest: await count('#device-latest dd'), presence: await page.textContent('#device-presence-log') });
+  // The presence history comes from the API (each change the platform stored), live changes on top.
+  await page.locator('#device-presence-log li[data-source="api"]').first().waitFor();
+  say('ranges', { ranges, latest: await count('#device-latest dd'), presence: await page.$$eval('#device-presence-log li', (items) => items.map((item) => `${item.dataset.source || ''}:${item.textContent}`)) });
 
   // A command from the form, answered by the simulated device.
   await page.fill('#command-name', 'set-interval');
