@@ -176,17 +176,28 @@ impl fmt::Display for Refusal {
     }
 }
 
-/// The rule for `Origin` of one WebSocket listener.
+/// The rule for `Origin` of one listener (a WebSocket's handshake, or the REST API's cross-origin requests).
 #[derive(Debug, Clone, Default)]
 pub struct OriginPolicy {
     allowed: Vec<AllowedOrigin>,
     /// The listener is on loopback only: same-origin pages must be under a loopback name.
     loopback: bool,
+    /// Other ports of the request's own host whose pages count as ours: the REST API admits the dashboard
+    /// served by the gateway beside it (same machine name, the gateway's port). See [`OriginPolicy::with_sibling_ports`].
+    siblings: Vec<u16>,
 }
 
 impl OriginPolicy {
     pub fn new(allowed: Vec<AllowedOrigin>, loopback: bool) -> OriginPolicy {
-        OriginPolicy { allowed, loopback }
+        OriginPolicy { allowed, loopback, siblings: Vec::new() }
+    }
+
+    /// Also admits pages served on these ports of the host the request names, under the same rules as the
+    /// same origin (on loopback, only under a loopback name): `ferrite up` lets the dashboard on the gateway's
+    /// port call the REST API on the registry's, whatever name the browser reached the machine by.
+    pub fn with_sibling_ports(mut self, ports: impl IntoIterator<Item = u16>) -> OriginPolicy {
+        self.siblings.extend(ports);
+        self
     }
 
     /// True when the allow list holds `*`.
@@ -215,7 +226,8 @@ impl OriginPolicy {
         // A browser leaves the default port out of both headers; compare the ports they stand for.
         let origin_port = origin_port.or_else(|| default_port(&scheme));
         let request_port = request_port.or_else(|| default_port(&scheme));
-        if origin_host != request_host || origin_port != request_port {
+        let sibling = origin_port.is_some_and(|port| self.siblings.contains(&port));
+        if origin_host != request_host || (origin_port != request_port && !sibling) {
             return Err(foreign());
         }
         if self.loopback && !is_loopback_host(&request_host) {
@@ -287,6 +299,24 @@ mod tests {
         assert!(matches!(local.check(Some("null"), Some("127.0.0.1:8080")), Err(Refusal::Foreign { .. })));
         assert_eq!(policy(&["null"], true).check(Some("null"), Some("127.0.0.1:8080")), Ok(()));
         assert_eq!(policy(&["*"], true).check(Some("https://evil.example"), Some("127.0.0.1:8080")), Ok(()));
+    }
+
+    #[test]
+    fn sibling_ports_admit_the_dashboard_beside_the_api() {
+        let api = policy(&[], true).with_sibling_ports([8080]);
+        assert_eq!(api.check(Some("http://127.0.0.1:8080"), Some("127.0.0.1:8081")), Ok(()));
+        assert_eq!(api.check(Some("http://localhost:8080"), Some("localhost:8081")), Ok(()));
+        assert_eq!(api.check(Some("http://127.0.0.1:8081"), Some("127.0.0.1:8081")), Ok(()));
+        // Another host, another port, or a rebinding name stays refused.
+        assert!(api.check(Some("http://localhost:8080"), Some("127.0.0.1:8081")).is_err());
+        assert!(api.check(Some("http://127.0.0.1:3000"), Some("127.0.0.1:8081")).is_err());
+        assert!(matches!(
+            api.check(Some("http://evil.example:8080"), Some("evil.example:8081")),
+            Err(Refusal::Rebinding { .. })
+        ));
+        let lan = policy(&[], false).with_sibling_ports([8080]);
+        assert_eq!(lan.check(Some("http://10.0.0.5:8080"), Some("10.0.0.5:8081")), Ok(()));
+        assert!(lan.check(Some("http://10.0.0.6:8080"), Some("10.0.0.5:8081")).is_err());
     }
 
     #[test]

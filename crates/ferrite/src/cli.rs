@@ -92,6 +92,21 @@ pub struct GatewayArgs {
     /// needs --allow-anonymous.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
+    /// Where the dashboard calls the REST API (history, commands, rules), e.g. http://registry.example.com:8081;
+    /// by default port 8081 of the host the browser reached the gateway by. The registry must admit the
+    /// dashboard's origin (`ferrite registry --allowed-origins http://<gateway host>:8080`).
+    #[arg(long, env = "FERRITE_API_URL")]
+    pub api_url: Option<ferrite_gateway::ApiUrl>,
+}
+
+impl GatewayArgs {
+    /// Where the dashboard finds the REST API.
+    pub fn api(&self) -> ferrite_gateway::ApiLocation {
+        match &self.api_url {
+            Some(url) => ferrite_gateway::ApiLocation::Url(url.clone()),
+            None => ferrite_gateway::ApiLocation::Port(ferrite_registry::DEFAULT_REST_PORT),
+        }
+    }
 }
 
 /// Which browsers the gateway serves.
@@ -127,6 +142,11 @@ pub struct RegistryArgs {
     /// PostgreSQL, e.g. postgres://user:password@host/ferrite.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: String,
+    /// Origins of web pages that may call the REST API from a browser (CORS), comma separated, as the browser
+    /// sends them: the dashboard's gateway, e.g. http://gateway.example.com:8080. Pages served from the API's own
+    /// address and clients that send no Origin (curl, SDKs) need no entry; "*" admits every page (not recommended).
+    #[arg(long, env = "FERRITE_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Vec<ferrite_gateway::AllowedOrigin>,
 }
 
 /// Service-account secrets for the platform's own MQTT clients (`service:<role>` usernames).

@@ -144,9 +144,12 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     gateway_config.http_addr = args.http_addr;
     args.browsers.apply(&mut gateway_config);
     gateway_config.credentials = Some(gateway_login);
+    gateway_config.api = Some(dashboard_api(registry.rest_addr()));
     gateway_config.publish_policy =
         Arc::new(crate::policy::TokenPolicy::new(service.clone(), args.http_addr, args.api.allow_anonymous));
     let http = ferrite_gateway::Gateway::bind(gateway_config).await.context("cannot start the gateway")?;
+    // The dashboard on the gateway's port calls the REST API on the registry's (CORS).
+    let registry = registry.with_browser_origins(args.browsers.allowed_origins.clone(), [http.local_addr().port()]);
     let ws_addr = broker.ws_addr();
     let tls_addr = broker.tls_addr();
     let (grpc_addr, rest_addr) = (registry.grpc_addr(), registry.rest_addr());
@@ -260,6 +263,16 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Where the dashboard finds the REST API of a registry bound on `rest`: on a loopback or wildcard address, the
+/// registry's port on whatever name the browser reached the gateway by; on a specific address, that address.
+fn dashboard_api(rest: SocketAddr) -> ferrite_gateway::ApiLocation {
+    let url = format!("http://{rest}").parse::<ferrite_gateway::ApiUrl>();
+    match url {
+        Ok(url) if !(rest.ip().is_loopback() || rest.ip().is_unspecified()) => ferrite_gateway::ApiLocation::Url(url),
+        _ => ferrite_gateway::ApiLocation::Port(rest.port()),
+    }
+}
+
 /// Waits, at most `limit`, until a client is connected at the broker under each of `client_ids`.
 async fn wait_until_connected(clients: &ferrite_broker::Clients, mut client_ids: Vec<String>, limit: Duration) {
     let started = tokio::time::Instant::now();
@@ -362,6 +375,7 @@ async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
     let mut config = ferrite_gateway::Config::new(args.client.broker_url.clone());
     config.http_addr = args.http_addr;
     config.credentials = args.client.credentials();
+    config.api = Some(args.api());
     args.browsers.apply(&mut config);
     if let Some(url) = &args.database_url {
         let options = url.parse().context("DATABASE_URL is not a valid PostgreSQL URL")?;
@@ -395,7 +409,7 @@ async fn registry(args: RegistryArgs) -> anyhow::Result<()> {
     )
     .await?;
     let (extension, api_tasks) = apis.start();
-    let registry = registry.with_extension(extension);
+    let registry = registry.with_extension(extension).with_browser_origins(args.allowed_origins.clone(), []);
     say!("Registry REST   http://{}/api/v1/devices", registry.rest_addr());
     say!("Registry gRPC   http://{}", registry.grpc_addr());
     say!("Rules, alerts, commands and live telemetry through {}", args.client.broker_url);

@@ -44,13 +44,14 @@ fn help_lists_every_command() {
 
 #[test]
 fn bad_configuration_fails_before_binding_with_one_clear_line() {
-    let cases: [(&[&str], &str); 6] = [
+    let cases: [(&[&str], &str); 7] = [
         (&["gateway", "--http-addr", "0.0.0.0:18998"], "would let any browser publish"),
         (&["up", "--mqtt-addr", "not-an-address"], "--mqtt-addr"),
         (&["up", "--drop-rate", "2"], "--drop-rate is a probability"),
         (&["up", "--sessions", "0"], "--sessions must be between 1 and 64"),
         (&["fleet", "--broker-url", "http://x"], "invalid broker url"),
         (&["up", "--mqtt-addr", "127.0.0.1:18999", "--ws-addr", "127.0.0.1:18999"], "two listeners"),
+        (&["gateway", "--api-url", "http://registry/api/v1"], "expected http(s)://host[:port]"),
     ];
     for (args, expected) in cases {
         let output = ferrite().args(args).env_remove("DATABASE_URL").output().expect("the binary runs");

@@ -9,7 +9,8 @@
 //! # Layout
 //! - [`Config`], [`Gateway`] (`bind`, `local_addr`, `run`), [`GatewayState`], [`GatewayError`]: this file,
 //!   with the task that feeds MQTT messages to the hub.
-//! - [`http`]: [`router`]: `/` (the dashboard), `/assets/...`, `/dashboard` (the WebSocket), `/healthz`, `/metrics`.
+//! - [`http`]: [`router`]: `/` (the dashboard), `/assets/...`, `/config.json` (where the REST API is, [`ApiLocation`]),
+//!   `/dashboard` (the WebSocket), `/healthz`, `/metrics`.
 //! - [`client`]: one browser's reader and writer tasks, generic over `Sink`/`Stream`.
 //! - `hub`: broker subscriptions counted per filter, the retained cache, and the fan-out.
 //! - [`protocol`]: the JSON messages, and MQTT messages rendered as frames (with `ferrite_core`'s parsers).
@@ -98,6 +99,49 @@ pub struct Config {
     pub allowed_origins: Vec<AllowedOrigin>,
     /// Browsers served at once; see [`DEFAULT_MAX_BROWSERS`].
     pub max_browsers: usize,
+    /// Where the dashboard finds the REST API (history, commands, rules); told to the page by `/config.json`.
+    /// `None`: the page shows live data only.
+    pub api: Option<ApiLocation>,
+}
+
+/// Where the dashboard finds the REST API (`/api/v1/...`), which the registry serves on its own port (DESIGN.md).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApiLocation {
+    /// At this origin, `scheme://host[:port]` (`ferrite gateway --api-url`).
+    Url(ApiUrl),
+    /// On this port of the host the browser reached the gateway by: `ferrite up`, whose registry listens beside
+    /// the gateway on loopback or on every address, so the page's own host name reaches it too.
+    Port(u16),
+}
+
+/// The REST API's origin, normalised (lower case, no default port); `/api/v1/...` is under it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiUrl(String);
+
+/// Why `--api-url` is not an API origin.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "invalid API URL {0:?}: expected http(s)://host[:port] of the registry's REST API, e.g. http://registry.example.com:8081"
+)]
+pub struct ApiUrlError(String);
+
+impl std::str::FromStr for ApiUrl {
+    type Err = ApiUrlError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let trimmed = text.trim();
+        let origin = trimmed.strip_suffix('/').unwrap_or(trimmed);
+        match ferrite_core::origin::normalize(origin) {
+            Some(origin) if origin.starts_with("http://") || origin.starts_with("https://") => Ok(ApiUrl(origin)),
+            _ => Err(ApiUrlError(text.to_owned())),
+        }
+    }
+}
+
+impl ApiUrl {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
 }
 
 impl Config {
@@ -113,6 +157,7 @@ impl Config {
             publish_policy: Arc::new(AllowAll),
             allowed_origins: Vec::new(),
             max_browsers: DEFAULT_MAX_BROWSERS,
+            api: None,
         }
     }
 }
@@ -128,6 +173,7 @@ impl fmt::Debug for Config {
             .field("client_queue", &self.client_queue)
             .field("allowed_origins", &self.allowed_origins)
             .field("max_browsers", &self.max_browsers)
+            .field("api", &self.api)
             .finish_non_exhaustive()
     }
 }
@@ -158,6 +204,7 @@ struct Shared {
     browsers: Arc<Semaphore>,
     max_browsers: usize,
     client_queue: usize,
+    api: Option<ApiLocation>,
     /// Cancelled when the gateway shuts down: every browser is sent a close frame.
     closing: CancellationToken,
     /// The browser connections, to wait for them at shutdown.
@@ -204,6 +251,10 @@ impl GatewayState {
 
     pub(crate) fn client_queue(&self) -> usize {
         self.shared.client_queue
+    }
+
+    pub(crate) fn api(&self) -> Option<&ApiLocation> {
+        self.shared.api.as_ref()
     }
 
     pub(crate) fn closing(&self) -> &CancellationToken {
@@ -254,6 +305,7 @@ impl Gateway {
             browsers: Arc::new(Semaphore::new(config.max_browsers)),
             max_browsers: config.max_browsers,
             client_queue: config.client_queue,
+            api: config.api,
             closing: CancellationToken::new(),
             tracker: TaskTracker::new(),
         };

@@ -66,6 +66,9 @@ pub enum ServerMessage<'a> {
         metric: Option<Value>,
         #[serde(skip_serializing_if = "Option::is_none")]
         value: Option<Value>,
+        /// `firing` or `resolved`, as the rules engine publishes it.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        state: Option<Value>,
     },
     MqttMessage {
         topic: &'a str,
@@ -165,6 +168,8 @@ struct AlertPayload {
     metric: Option<Value>,
     #[serde(default)]
     value: Option<Value>,
+    #[serde(default)]
+    state: Option<Value>,
 }
 
 /// The severity of an alert that names none.
@@ -187,6 +192,7 @@ fn alert(topic: &str, device_id: &str, payload: &[u8], received_at: DateTime<Utc
             rule: None,
             metric: None,
             value: None,
+            state: None,
         }
     };
     let message = alert.message.unwrap_or_else(|| match &alert.rule {
@@ -210,6 +216,7 @@ fn alert(topic: &str, device_id: &str, payload: &[u8], received_at: DateTime<Utc
         rule: alert.rule,
         metric: alert.metric,
         value: alert.value,
+        state: alert.state,
     }
     .frame())
 }

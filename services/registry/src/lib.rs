@@ -24,6 +24,7 @@ mod access;
 pub mod authorizer;
 mod cache;
 pub mod cli;
+mod cors;
 mod error;
 mod extension;
 mod grpc;
@@ -37,6 +38,9 @@ mod service;
 mod trace;
 
 use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+
+use ferrite_core::origin::OriginPolicy;
 
 use ferrite_proto::v1::api_tokens_server::ApiTokensServer;
 use ferrite_proto::v1::device_registry_server::DeviceRegistryServer;
@@ -119,6 +123,8 @@ pub struct Registry {
     token_required: bool,
     extension: ApiExtension,
     limits: ServerLimits,
+    /// Which web pages may call the REST API from a browser (`cors.rs`).
+    browser_origins: OriginPolicy,
 }
 
 impl Registry {
@@ -156,6 +162,7 @@ impl Registry {
             token_required,
             extension: ApiExtension::new(),
             limits: config.limits,
+            browser_origins: OriginPolicy::new(Vec::new(), rest_addr.ip().is_loopback()),
         })
     }
 
@@ -182,6 +189,19 @@ impl Registry {
         ApiGuard::new(ApiAccess::new(self.service.clone(), self.token_required))
     }
 
+    /// Lets web pages of these origins call the REST API from a browser (CORS), besides pages of the API's own
+    /// origin: `allowed` (`--allowed-origins`) and pages on `sibling_ports` of the host the browser names, such as
+    /// the dashboard on the gateway's port in `ferrite up` (see `ferrite_core::origin`).
+    pub fn with_browser_origins(
+        mut self,
+        allowed: Vec<ferrite_core::origin::AllowedOrigin>,
+        sibling_ports: impl IntoIterator<Item = u16>,
+    ) -> Self {
+        self.browser_origins =
+            OriginPolicy::new(allowed, self.rest_addr.ip().is_loopback()).with_sibling_ports(sibling_ports);
+        self
+    }
+
     /// Serves `extension`'s REST routes and gRPC services on the registry's ports too (replacing an earlier extension).
     pub fn with_extension(mut self, extension: ApiExtension) -> Self {
         self.extension = extension;
@@ -191,7 +211,7 @@ impl Registry {
     /// Serves gRPC and REST until `shutdown` is cancelled, then ends presence streams, lets requests in flight
     /// finish, and returns.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), RegistryError> {
-        let Registry { service, grpc, rest, presence, token_required, extension, limits, .. } = self;
+        let Registry { service, grpc, rest, presence, token_required, extension, limits, browser_origins, .. } = self;
         let ApiExtension { rest: extra_rest, grpc: extra_grpc, grpc_names, openapi: extra_openapi } = extension;
         let access = ApiAccess::new(service.clone(), token_required);
         // If one server fails the other stops too, rather than serving half a registry.
@@ -248,7 +268,8 @@ impl Registry {
         };
         let rest_server = serve::serve_rest(
             rest,
-            rest::router(service.clone(), access, extra_rest, extra_openapi),
+            rest::router(service.clone(), access, extra_rest, extra_openapi)
+                .layer(axum::middleware::from_fn_with_state(Arc::new(browser_origins), cors::cors)),
             limits,
             stop.clone(),
         );

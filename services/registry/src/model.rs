@@ -20,6 +20,10 @@ pub const MAX_METADATA_BYTES: usize = 16 * 1024;
 pub const DEFAULT_PAGE_SIZE: u32 = 100;
 /// The most devices one page may hold, so that one request cannot make the server build a huge response.
 pub const MAX_PAGE_SIZE: u32 = 1000;
+/// Presence changes listed per device when the caller names no limit.
+pub const DEFAULT_PRESENCE_HISTORY: u32 = 50;
+/// The most presence changes listed per device: all that `presence_history` keeps (migration 0007).
+pub const MAX_PRESENCE_HISTORY: u32 = 200;
 /// Longest API token name, in bytes.
 pub const MAX_TOKEN_NAME_LEN: usize = 64;
 
@@ -67,6 +71,14 @@ pub struct PresenceChange {
     pub changed_at: DateTime<Utc>,
     #[serde(alias = "last_seen")]
     pub last_seen: DateTime<Utc>,
+}
+
+/// One entry of a device's presence history: it went online or offline at `changed_at`.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PresenceEvent {
+    pub online: bool,
+    pub changed_at: DateTime<Utc>,
 }
 
 /// What a new device starts with.

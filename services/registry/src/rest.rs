@@ -21,6 +21,7 @@ use crate::access::ApiAccess;
 use crate::http::{ApiError, ErrorBody, Json, Path, Query};
 use crate::model::{
     ApiToken, Device, DeviceChanges, DeviceFilter, IssuedCredentials, NewDevice, PageRequest, PresenceChange,
+    PresenceEvent,
 };
 use crate::{RegistryError, RegistryService};
 
@@ -69,6 +70,7 @@ pub(crate) fn router(
         .route("/api/v1/devices", get(list_devices).post(create_device))
         .route("/api/v1/devices/{id}", get(get_device).patch(update_device).delete(delete_device))
         .route("/api/v1/devices/{id}/credentials", post(rotate_credentials))
+        .route("/api/v1/devices/{id}/presence", get(presence_history))
         .route("/api/v1/presence/events", get(presence_events))
         .route("/api/v1/tokens", get(list_tokens).post(create_token))
         .route("/api/v1/tokens/{id}", axum::routing::delete(revoke_token))
@@ -102,10 +104,10 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
     info(title = "Ferrite device registry", description = "Devices, their MQTT credentials and presence, and API tokens."),
     paths(
         list_devices, create_device, get_device, update_device, delete_device, rotate_credentials,
-        presence_events, list_tokens, create_token, revoke_token, healthz, metrics
+        presence_history, presence_events, list_tokens, create_token, revoke_token, healthz, metrics
     ),
     components(schemas(
-        Device, crate::model::PresenceState, PresenceChange, ApiToken, ErrorBody, DevicePage, CreateDeviceBody,
+        Device, crate::model::PresenceState, PresenceChange, PresenceEvent, ApiToken, ErrorBody, DevicePage, CreateDeviceBody,
         UpdateDeviceBody, CreatedDevice, Credentials, CreateTokenBody, CreatedToken
     )),
     modifiers(&BearerAuth),
@@ -316,6 +318,26 @@ async fn rotate_credentials(
     Path(id): Path<String>,
 ) -> Result<Json<Credentials>, ApiError> {
     Ok(Json(state.service.rotate_credentials(&id).await?.into()))
+}
+
+/// Query of `GET /api/v1/devices/{id}/presence`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+struct PresenceHistoryQuery {
+    /// Changes listed (default 50, at most 200, all that are kept per device).
+    limit: Option<u32>,
+}
+
+/// A device's presence history: when it went online and offline, newest first (the newest 200 changes are kept).
+#[utoipa::path(get, path = "/api/v1/devices/{id}/presence", params(("id" = String, Path), PresenceHistoryQuery),
+    responses((status = 200, body = Vec<PresenceEvent>), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+    (status = 404, body = ErrorBody)))]
+async fn presence_history(
+    State(state): State<RestState>,
+    Path(id): Path<String>,
+    Query(query): Query<PresenceHistoryQuery>,
+) -> Result<Json<Vec<PresenceEvent>>, ApiError> {
+    Ok(Json(state.service.presence_history(&id, query.limit.unwrap_or(0)).await?))
 }
 
 /// Presence changes as server-sent events (`event: presence`, data: a PresenceChange).

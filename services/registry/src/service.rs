@@ -11,9 +11,9 @@ use uuid::Uuid;
 
 use crate::cache::CredentialCache;
 use crate::model::{
-    ApiToken, DEFAULT_PAGE_SIZE, Device, DeviceChanges, DeviceFilter, IssuedCredentials, IssuedToken, MAX_PAGE_SIZE,
-    MAX_TOKEN_NAME_LEN, NewDevice, Page, PageRequest, PresenceChange, PresenceState, check_device_id, check_name,
-    check_tags, dedup_tags, normalize_metadata,
+    ApiToken, DEFAULT_PAGE_SIZE, DEFAULT_PRESENCE_HISTORY, Device, DeviceChanges, DeviceFilter, IssuedCredentials,
+    IssuedToken, MAX_PAGE_SIZE, MAX_PRESENCE_HISTORY, MAX_TOKEN_NAME_LEN, NewDevice, Page, PageRequest, PresenceChange,
+    PresenceEvent, PresenceState, check_device_id, check_name, check_tags, dedup_tags, normalize_metadata,
 };
 use crate::{RegistryError, secret};
 
@@ -210,6 +210,32 @@ impl RegistryService {
                 .fetch_optional(&self.inner.pool)
                 .await?;
         row.map(Device::from).ok_or_else(|| RegistryError::DeviceNotFound(id.to_owned()))
+    }
+
+    /// The newest `limit` changes of a device's presence (at most [`MAX_PRESENCE_HISTORY`]), newest first.
+    pub async fn presence_history(&self, id: &str, limit: u32) -> Result<Vec<PresenceEvent>, RegistryError> {
+        check_device_id(id)?;
+        let limit = match limit {
+            0 => DEFAULT_PRESENCE_HISTORY,
+            limit => limit.min(MAX_PRESENCE_HISTORY),
+        };
+        let mut tx = self.inner.pool.begin().await?;
+        let exists: bool = sqlx::query_scalar("select exists (select 1 from devices where id = $1)")
+            .bind(id)
+            .fetch_one(&mut *tx)
+            .await?;
+        if !exists {
+            return Err(RegistryError::DeviceNotFound(id.to_owned()));
+        }
+        let rows: Vec<(bool, DateTime<Utc>)> = sqlx::query_as(
+            "select online, changed_at from presence_history where device_id = $1 order by changed_at desc limit $2",
+        )
+        .bind(id)
+        .bind(i64::from(limit))
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(rows.into_iter().map(|(online, changed_at)| PresenceEvent { online, changed_at }).collect())
     }
 
     /// One page of devices in id order. The cursor is the last id of the previous page, so pages stay

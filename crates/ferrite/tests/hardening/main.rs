@@ -4,6 +4,7 @@
 //! - `api`: hostile query parameters and slow clients against the registry's REST and gRPC APIs.
 //! - `browser`: the gateway's `/dashboard` (Origin, `subscribed` after the broker's grant, retained commands,
 //!   the browser cap, half-open HTTP connections).
+//! - `dashboard`: the whole dashboard in Chromium against `ferrite up --fleet 12` (history, commands, rules, alerts).
 //! - `support`: one `ferrite up` on free ports, its addresses read from the banner, its database.
 //! - `identity`: who may connect as what (client-id rules, anonymous rights, a password-guessing flood, quotas,
 //!   closing a deleted device's connection, command presence, the broker's `/mqtt` Origin check).
@@ -11,6 +12,7 @@
 
 mod api;
 mod browser;
+mod dashboard;
 mod identity;
 mod ingest;
 mod support;

@@ -181,6 +181,7 @@ async fn openapi_document_lists_every_route() -> anyhow::Result<()> {
         ("/api/v1/devices/{id}", "patch"),
         ("/api/v1/devices/{id}", "delete"),
         ("/api/v1/devices/{id}/credentials", "post"),
+        ("/api/v1/devices/{id}/presence", "get"),
         ("/api/v1/presence/events", "get"),
         ("/api/v1/tokens", "get"),
         ("/api/v1/tokens", "post"),
@@ -250,5 +251,58 @@ async fn presence_events_stream_as_server_sent_events() -> anyhow::Result<()> {
     let data = text.lines().find_map(|line| line.strip_prefix("data: ")).expect("data line");
     let change: serde_json::Value = serde_json::from_str(data)?;
     assert_eq!((change["deviceId"].as_str(), change["online"].as_bool()), (Some("gate-1"), Some(false)));
+    registry.stop().await
+}
+
+#[tokio::test]
+async fn presence_history_lists_each_change_newest_first() -> anyhow::Result<()> {
+    let registry = TestRegistry::start(false).await?;
+    let body = json_body(&json!({"id": "door-1"}));
+    assert_eq!(http("POST", &registry.url("/api/v1/devices"), None, Some((JSON, &body))).await?.status, 201);
+    let pool = registry.db.pool();
+    // Each statement is its own transaction, so each change has its own now(); a repeated state is no change.
+    for online in [true, true, false, true] {
+        set_presence(pool, "door-1", online).await?;
+    }
+    let history = http("GET", &registry.url("/api/v1/devices/door-1/presence"), None, None).await?;
+    assert_eq!(history.status, 200);
+    let states: Vec<bool> = history
+        .json()
+        .as_array()
+        .expect("a list")
+        .iter()
+        .map(|event| event["online"].as_bool().expect("online"))
+        .collect();
+    assert_eq!(states, [true, false, true]);
+    let one = http("GET", &registry.url("/api/v1/devices/door-1/presence?limit=1"), None, None).await?.json();
+    assert_eq!(one.as_array().map(Vec::len), Some(1));
+    assert_eq!(one[0]["online"], true);
+
+    // At most 200 changes are kept per device, however often it flaps.
+    for i in 1..=250 {
+        sqlx::query("update presence set online = $2, changed_at = now() + make_interval(secs => $1) where device_id = 'door-1'")
+            .bind(f64::from(i))
+            .bind(i % 2 == 0)
+            .execute(pool)
+            .await?;
+    }
+    let kept: i64 =
+        sqlx::query_scalar("select count(*) from presence_history where device_id = 'door-1'").fetch_one(pool).await?;
+    assert_eq!(kept, 200);
+    let all = http("GET", &registry.url("/api/v1/devices/door-1/presence?limit=100000"), None, None).await?.json();
+    assert_eq!(all.as_array().map(Vec::len), Some(200));
+
+    // Hostile or wrong input: a clear JSON error, nothing else lost.
+    http("GET", &registry.url("/api/v1/devices/nobody/presence"), None, None).await?.expect_error(404);
+    http("GET", &registry.url("/api/v1/devices/bad%20id/presence"), None, None).await?.expect_error(400);
+    for limit in ["-1", "x", "99999999999", "%00"] {
+        http("GET", &registry.url(&format!("/api/v1/devices/door-1/presence?limit={limit}")), None, None)
+            .await?
+            .expect_error(400);
+    }
+    // Deleting the device deletes its history.
+    assert_eq!(http("DELETE", &registry.url("/api/v1/devices/door-1"), None, None).await?.status, 204);
+    let left: i64 = sqlx::query_scalar("select count(*) from presence_history").fetch_one(pool).await?;
+    assert_eq!(left, 0);
     registry.stop().await
 }
