@@ -24,4 +24,4 @@ pub use config::{BrokerUrl, SessionConfig, UrlError};
 pub use fanout::{Fanout, Queue};
 pub use rumqttc::v5::mqttbytes::QoS;
 pub use rumqttc::v5::mqttbytes::v5::{Filter, LastWill, Publish, PublishProperties, RetainForwardRule};
-pub use session::{Event, Message, Session, SessionError, user_properties};
+pub use session::{Event, Message, Session, SessionError, SessionStatus, user_properties};
