@@ -23,5 +23,7 @@ pub mod retention;
 
 pub use cluster::{PgCluster, SHARED_BASE};
 pub use error::DbError;
-pub use pool::{ACQUIRE_TIMEOUT, MAX_CONNECTIONS, connect, ensure_partitions, migrate, pool_options};
+pub use pool::{
+    ACQUIRE_TIMEOUT, MAX_CONNECTIONS, READY_CACHE, connect, ensure_partitions, migrate, ping, pool_options,
+};
 pub use retention::drop_expired_partitions;

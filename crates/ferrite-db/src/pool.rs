@@ -16,6 +16,10 @@ pub const MAX_CONNECTIONS: u32 = 10;
 /// or the server is gone.
 pub const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long a readiness answer about the database (`/readyz`) is reused, so that frequent probes cost the server
+/// one `SELECT 1` per period.
+pub const READY_CACHE: Duration = Duration::from_secs(1);
+
 /// The schema, embedded at compile time so that the binary migrates from any working directory.
 static MIGRATOR: Migrator = sqlx::migrate!("../../migrations");
 
@@ -27,6 +31,14 @@ pub fn pool_options() -> PgPoolOptions {
 /// Opens a pool and checks that the server answers, so bad configuration fails at startup rather than on the first reading.
 pub async fn connect(options: PgConnectOptions) -> Result<PgPool, DbError> {
     Ok(pool_options().connect_with(options).await?)
+}
+
+/// `SELECT 1`: `Ok` when the server answers, the reason otherwise; for readiness checks, which bound its time.
+pub async fn ping(pool: &PgPool) -> Result<(), String> {
+    match sqlx::query("select 1").execute(pool).await {
+        Ok(_) => Ok(()),
+        Err(error) => Err(format!("the database does not answer: {error}")),
+    }
 }
 
 /// Applies the embedded migrations that the database does not have yet.

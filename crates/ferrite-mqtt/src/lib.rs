@@ -14,11 +14,14 @@
 //! # Layout
 //! - [`config`]: [`SessionConfig`] and broker URL parsing.
 //! - [`session`]: [`Session`], the handle, and the driver task.
+//! - [`fanout`]: [`Fanout`], one session fanned out to many consumers through bounded queues.
 
 pub mod config;
+pub mod fanout;
 pub mod session;
 
 pub use config::{BrokerUrl, SessionConfig, UrlError};
+pub use fanout::{Fanout, Queue};
 pub use rumqttc::v5::mqttbytes::QoS;
 pub use rumqttc::v5::mqttbytes::v5::{Filter, LastWill, Publish, PublishProperties, RetainForwardRule};
-pub use session::{Event, Message, Session, SessionError, user_properties};
+pub use session::{Event, Message, Session, SessionError, SessionStatus, user_properties};

@@ -2,6 +2,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -109,6 +110,35 @@ pub struct Session {
     commands: mpsc::UnboundedSender<Command>,
     permits: Arc<Semaphore>,
     driver: tokio::task::AbortHandle,
+    status: SessionStatus,
+}
+
+/// Whether a session is connected and subscribed, as the driver last saw it; for readiness checks.
+/// Cheap to clone; it does not keep the session alive.
+#[derive(Debug, Clone, Default)]
+pub struct SessionStatus {
+    inner: Arc<StatusInner>,
+}
+
+#[derive(Debug, Default)]
+struct StatusInner {
+    connected: AtomicBool,
+    /// SUBSCRIBEs sent on this connection that await their SUBACK.
+    subscribing: AtomicUsize,
+}
+
+impl SessionStatus {
+    /// `Ok` when connected and every SUBSCRIBE of this connection is answered (SUBACK received, granted or not),
+    /// otherwise what is missing.
+    pub fn check(&self) -> Result<(), String> {
+        if !self.inner.connected.load(Ordering::Acquire) {
+            return Err("not connected to the MQTT broker".to_owned());
+        }
+        match self.inner.subscribing.load(Ordering::Acquire) {
+            0 => Ok(()),
+            waiting => Err(format!("waiting for the broker to answer {waiting} SUBSCRIBE(s) (SUBACK)")),
+        }
+    }
 }
 
 impl Session {
@@ -133,9 +163,16 @@ impl Session {
             generation: 0,
             connected: false,
             closing: None,
+            status: SessionStatus::default(),
         };
+        let status = driver.status.clone();
         let driver = tokio::spawn(driver.run(eventloop)).abort_handle();
-        (Session { commands, permits, driver }, events)
+        (Session { commands, permits, driver, status }, events)
+    }
+
+    /// Whether the session is connected and its subscriptions answered, for readiness checks.
+    pub fn status(&self) -> SessionStatus {
+        self.status.clone()
     }
 
     /// Publishes a message. QoS 1/2 messages are kept until the broker acknowledges them and resent
@@ -280,9 +317,16 @@ struct Driver {
     generation: u64,
     connected: bool,
     closing: Option<Closing>,
+    status: SessionStatus,
 }
 
 impl Driver {
+    /// Publishes the connection state for [`Session::status`].
+    fn report_status(&self) {
+        self.status.inner.subscribing.store(self.subscribing.len(), Ordering::Release);
+        self.status.inner.connected.store(self.connected, Ordering::Release);
+    }
+
     /// Drives the connection. rumqttc's `poll` is not cancel-safe: dropping it half-way through a
     /// CONNECT or a PUBLISH leaves a torn packet on the wire (measured: the broker saw "invalid protocol"
     /// and devices lost their connection every few publishes). So one `poll` future lives until it
@@ -372,6 +416,7 @@ impl Driver {
                 // Grants for filters no longer subscribed are dropped: nobody will answer them.
                 self.unsent_grants.clear();
                 self.resend_all();
+                self.report_status();
                 return self.deliver(Event::Connected { session_present: connack.session_present }).await;
             }
             RawEvent::Incoming(Packet::Publish(publish)) => {
@@ -382,6 +427,7 @@ impl Driver {
             RawEvent::Incoming(Packet::PubComp(comp)) => self.acknowledged(comp.pkid),
             RawEvent::Incoming(Packet::SubAck(suback)) => {
                 self.granted(suback.pkid, &suback.return_codes);
+                self.report_status();
                 let refused =
                     suback.return_codes.iter().filter(|code| !matches!(code, SubscribeReasonCode::Success(_))).count();
                 if refused > 0 {
@@ -463,7 +509,10 @@ impl Driver {
             std::mem::take(&mut self.unsent_grants).into_iter().partition(|(path, _)| paths.contains(path));
         self.unsent_grants = unsent;
         match self.client.try_subscribe_many(filters) {
-            Ok(()) => self.subscribing.push_back(Subscribing { paths, pkid: None, grants }),
+            Ok(()) => {
+                self.subscribing.push_back(Subscribing { paths, pkid: None, grants });
+                self.report_status();
+            }
             Err(error) => {
                 for (_, grant) in grants {
                     let _ = grant.send(Err(format!("cannot subscribe: {error}")));
@@ -539,6 +588,7 @@ impl Driver {
         // rumqttc keeps unacknowledged publishes to replay them itself, but drops them when the new
         // session is clean; we resend from our ledger instead, so take ours out of its queue.
         eventloop.pending.retain(|request| !matches!(request, Request::Publish(p) if p.qos != QoS::AtMostOnce));
+        self.report_status();
     }
 
     /// Sends an event to the owner while still taking commands, so a publisher waiting for

@@ -4,14 +4,18 @@
 //! - [`init`]: the tracing subscriber: compact text locally, JSON with `FERRITE_LOG_FORMAT=json`,
 //!   `RUST_LOG` wins over the default filter, spans exported over OTLP when `OTEL_EXPORTER_OTLP_ENDPOINT` is set.
 //! - [`metrics_handle`]: the process-wide Prometheus recorder behind the `metrics` facade.
-//! - [`MetricsServer`]: `/metrics` and `/healthz` on their own port, for services that serve no other HTTP.
+//! - [`MetricsServer`]: `/metrics`, `/healthz` (liveness) and `/readyz` on their own port, for services that serve
+//!   no other HTTP.
+//! - [`readiness`]: the checks `/readyz` runs (MQTT session subscribed, database reachable), process-wide.
 //! - [`propagation`]: W3C trace context in MQTT 5 user properties and HTTP/gRPC headers, so one trace follows
 //!   a reading from the fleet through the broker to the ingester and the gateway.
 //! - [`recording`]: [`init_recording`], the same subscriber exporting spans into memory, for tests of traces.
 
 pub mod propagation;
+pub mod readiness;
 pub mod recording;
 
+pub use readiness::{CheckGuard, Readiness, readiness};
 pub use recording::{SpanRecorder, init_recording};
 
 use std::net::SocketAddr;
@@ -123,12 +127,14 @@ pub fn metrics_handle() -> PrometheusHandle {
         .clone()
 }
 
-/// `/metrics` (Prometheus text format) and `/healthz`, to merge into a service's router.
+/// `/metrics` (Prometheus text format), `/healthz` (liveness: always `ok` while the process serves) and `/readyz`
+/// (the process-wide [`readiness()`]: 200 or 503 with a JSON report), to merge into a service's router.
 pub fn metrics_router() -> Router {
     let handle = metrics_handle();
     Router::new()
         .route("/metrics", get(move || std::future::ready(handle.render())))
         .route("/healthz", get(|| std::future::ready("ok")))
+        .route("/readyz", get(|| readiness::readyz(readiness().clone())))
 }
 
 /// A tiny HTTP server with [`metrics_router`], for services with no HTTP of their own.

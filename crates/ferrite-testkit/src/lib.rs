@@ -7,6 +7,8 @@
 //! - `logging.rs`: [`init_test_tracing`], which prints logs only when `TEST_LOG` is set.
 //! - `broker.rs`: [`TestBroker`], the embedded broker on loopback port 0 with its own data directory.
 //! - `mosquitto.rs`: [`TestMosquitto`], a real Mosquitto on a free port, to prove the services are broker-agnostic.
+//! - `platform.rs`: [`Platform`], the database, broker and service tasks a suite starts around its services,
+//!   stopped together; services are bound by the suites, so testkit knows none.
 //! - `wait.rs`: [`wait_for`], polling for an outcome with a generous deadline instead of asserting timings.
 //!
 //! Test helpers return `anyhow::Result`, so a failing fixture says what it was doing.
@@ -16,6 +18,7 @@ mod db;
 mod http;
 mod logging;
 mod mosquitto;
+mod platform;
 mod wait;
 
 pub use broker::TestBroker;
@@ -23,4 +26,5 @@ pub use db::TestDb;
 pub use http::{HttpResponse, http_request};
 pub use logging::init_test_tracing;
 pub use mosquitto::TestMosquitto;
+pub use platform::{LOOPBACK, Platform, PlatformBroker, PlatformBuilder};
 pub use wait::{WAIT_DEADLINE, wait_for};

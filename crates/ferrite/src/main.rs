@@ -21,6 +21,7 @@ mod apis;
 mod cli;
 mod database;
 mod policy;
+mod ready;
 mod run;
 mod shutdown;
 

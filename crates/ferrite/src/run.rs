@@ -157,6 +157,11 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     let ingester =
         Ingester::bind(args.ingest.config(broker_url.clone(), Some(ingester_login)), database.pool.clone()).await?;
     let ingest_stats = ingester.stats();
+    let _ready = [
+        crate::ready::database(&database.pool),
+        crate::ready::ingester(ingest_stats.clone()),
+        crate::ready::mqtt("gateway_mqtt", http.mqtt_status()),
+    ];
     let http_addr = http.local_addr();
     let stop_retention = CancellationToken::new();
     let retention = apis::start_retention(&args.retention, &database.pool, &stop_retention)?;
@@ -200,7 +205,7 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     say!(
         "  Telemetry API   http://{rest_addr}/api/v1/devices/{{id}}/telemetry  (and /latest, /commands; /api/v1/rules, /api/v1/alerts)"
     );
-    say!("  Metrics         http://{http_addr}/metrics");
+    say!("  Metrics         http://{http_addr}/metrics  (readiness: http://{http_addr}/readyz)");
     say!("  PostgreSQL      {}", database.description);
     say!("  Live WebSocket  ws://{http_addr}/dashboard");
     let fleet_task: Option<Task> = if args.fleet > 0 {
@@ -297,10 +302,13 @@ async fn broker(args: BrokerArgs) -> anyhow::Result<()> {
     let shutdown = shutdown::on_signal();
     let mut config = args.listen.broker_config(&args.data);
     config.allowed_origins = args.allowed_origins.clone();
+    let mut _ready = None;
     match &args.database_url {
         Some(url) => {
             let options = url.parse().context("DATABASE_URL is not a valid PostgreSQL URL")?;
             let pool = ferrite_db::connect(options).await.context("cannot connect to PostgreSQL")?;
+            // The broker authenticates every client against the database: without it, nobody can log in.
+            _ready = Some(crate::ready::database(&pool));
             let service = RegistryService::new(pool);
             config.authorizer = registry_authorizer(service, &config, args.allow_anonymous, args.secrets.accounts())?;
         }
@@ -320,7 +328,7 @@ async fn broker(args: BrokerArgs) -> anyhow::Result<()> {
     if let Some(ws) = broker.ws_addr() {
         say!("MQTT/WebSocket  ws://{ws}/mqtt");
     }
-    say!("Metrics         http://{}/metrics", metrics.local_addr());
+    say!("Metrics         http://{}/metrics  (readiness: /readyz)", metrics.local_addr());
     let metrics_task = tokio::spawn(metrics.run(shutdown.clone()));
     broker.run(shutdown).await?;
     shutdown::join("metrics", metrics_task).await;
@@ -335,6 +343,7 @@ async fn ingester(args: IngesterArgs) -> anyhow::Result<()> {
     let ingester = Ingester::bind(config, pool.clone())
         .await
         .context("the database is not ready for the ingester (has `ferrite migrate` run?)")?;
+    let _ready = [crate::ready::database(&pool), crate::ready::ingester(ingester.stats())];
     // Every ingester may run retention: dropping a partition is idempotent and the rollup takes a lock.
     let retention = apis::start_retention(&args.retention, &pool, &shutdown)?;
     let metrics = MetricsServer::bind(args.metrics_addr).await?;
@@ -377,13 +386,17 @@ async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
     config.credentials = args.client.credentials();
     config.api = Some(args.api());
     args.browsers.apply(&mut config);
+    let mut _ready_database = None;
     if let Some(url) = &args.database_url {
         let options = url.parse().context("DATABASE_URL is not a valid PostgreSQL URL")?;
         let pool = ferrite_db::connect(options).await.context("cannot connect to PostgreSQL")?;
+        // Browsers' tokens are checked against it.
+        _ready_database = Some(crate::ready::database(&pool));
         config.publish_policy =
             Arc::new(crate::policy::TokenPolicy::new(RegistryService::new(pool), args.http_addr, args.allow_anonymous));
     }
     let gateway = ferrite_gateway::Gateway::bind(config).await.context("cannot start the gateway")?;
+    let _ready_mqtt = crate::ready::mqtt("gateway_mqtt", gateway.mqtt_status());
     say!("Dashboard       http://{}/", gateway.local_addr());
     say!("Live WebSocket  ws://{}/dashboard", gateway.local_addr());
     gateway.run(shutdown).await?;
@@ -396,6 +409,7 @@ async fn registry(args: RegistryArgs) -> anyhow::Result<()> {
     let pool = ferrite_db::connect(options).await.context("cannot connect to PostgreSQL")?;
     let registry =
         Registry::bind(args.api.registry_config(), pool.clone()).await.context("cannot start the registry")?;
+    let _ready = crate::ready::database(&pool);
     let guard = registry.api_guard();
     // An external broker: presence from the `presence` table, and deleted devices keep their live connections.
     let apis = PlatformApis::bind(

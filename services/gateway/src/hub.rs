@@ -16,32 +16,34 @@
 //! ours and Mosquitto send one per client): there, browsers whose filters overlap other browsers' filters may see a live
 //! message twice.
 //!
-//! The hub is plain data behind one mutex: no I/O but non-blocking sends, so the lock is held only briefly.
+//! The counting of broker subscriptions, the grants and the bounded queues are the shared fan-out
+//! ([`ferrite_mqtt::Fanout`], also behind the query service's live streams); the hub adds the browsers' details
+//! and the retained cache. It is plain data behind one mutex: no I/O but non-blocking sends, so the lock is held
+//! only briefly.
 
-use std::collections::hash_map::Entry;
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use ferrite_core::filter_matches;
+use ferrite_mqtt::fanout::{ConsumerId, Fanout};
 use ferrite_mqtt::{Filter, QoS, RetainForwardRule, Session};
-use futures::FutureExt;
-use futures::future::{BoxFuture, Shared};
 
 use crate::policy::ClientInfo;
 use crate::protocol::Frame;
-use crate::queue::{Pushed, UpdateQueue};
+use crate::queue::UpdateQueue;
+
+pub use ferrite_mqtt::fanout::{GrantFuture, SubscribeError};
 
 /// A browser connection's number, unique for the life of the gateway.
-pub type ClientId = u64;
+pub type ClientId = ConsumerId;
 
-/// Counters of one browser, shared by the hub (which drops) and its writer (which sends).
+/// Counters of one browser its writer keeps (the hub's drops are counted by its queue).
 #[derive(Debug, Default)]
 pub struct ClientCounters {
     pub(crate) sent: AtomicU64,
-    pub(crate) dropped: AtomicU64,
 }
 
 /// One browser as the hub sees it, for diagnostics and tests.
@@ -61,23 +63,8 @@ pub struct ClientStats {
 
 struct ClientEntry {
     info: ClientInfo,
-    updates: Arc<UpdateQueue>,
     counters: Arc<ClientCounters>,
-    filters: BTreeSet<String>,
 }
-
-struct FilterEntry {
-    /// The browsers subscribed, which receive its messages.
-    subscribers: Vec<ClientId>,
-    /// The browsers that asked for it and wait for the broker's grant; the broker subscription lives while
-    /// `subscribers` or `waiting` is not empty.
-    waiting: Vec<ClientId>,
-    /// The broker's answer to our SUBSCRIBE; shared, so later browsers find it answered at once.
-    grant: GrantFuture,
-}
-
-/// The broker's answer for one filter: `Ok` when granted, `Err` with the reason otherwise.
-pub type GrantFuture = Shared<BoxFuture<'static, Result<(), String>>>;
 
 /// A retained message as the broker holds it, and as browsers receive it.
 struct Retained {
@@ -106,54 +93,45 @@ pub struct Delivered {
     pub known: bool,
 }
 
-/// Why a subscription was refused.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum SubscribeError {
-    #[error("too many subscriptions: at most {0} filters per connection")]
-    TooMany(usize),
+/// The broker subscription for a browser's filter: retain-as-published, so the cache also follows retained values
+/// published later, and the broker's retained messages at once on every subscribe, for the browser that asked.
+fn subscription(filter: &str) -> Filter {
+    let mut mqtt = Filter::new(filter, QoS::AtLeastOnce);
+    mqtt.preserve_retain = true;
+    mqtt.retain_forward_rule = RetainForwardRule::OnEverySubscribe;
+    mqtt
 }
 
-/// What all browsers share: the broker subscriptions, the browsers' queues and the retained cache.
+/// What all browsers share: the fan-out of the broker session to the browsers' queues, and the retained cache.
 pub struct Hub {
-    session: Session,
-    filters: HashMap<String, FilterEntry>,
+    fanout: Fanout<Frame>,
     clients: HashMap<ClientId, ClientEntry>,
-    last_client: ClientId,
     /// The latest retained message per topic, rendered, for the topics our filters cover.
     retained: HashMap<String, Retained>,
-    max_filters_per_client: usize,
 }
 
 impl Hub {
     pub fn new(session: Session, max_filters_per_client: usize) -> Hub {
         Hub {
-            session,
-            filters: HashMap::new(),
+            fanout: Fanout::new(session, max_filters_per_client, subscription),
             clients: HashMap::new(),
-            last_client: 0,
             retained: HashMap::new(),
-            max_filters_per_client,
         }
     }
 
     /// Adds a browser whose updates go to `updates`.
     pub fn register(&mut self, info: ClientInfo, updates: Arc<UpdateQueue>) -> (ClientId, Arc<ClientCounters>) {
-        self.last_client += 1;
-        let id = self.last_client;
+        let id = self.fanout.register(updates);
         let counters = Arc::new(ClientCounters::default());
-        self.clients.insert(id, ClientEntry { info, updates, counters: counters.clone(), filters: BTreeSet::new() });
+        self.clients.insert(id, ClientEntry { info, counters: counters.clone() });
         metrics::gauge!("ferrite_gateway_clients").set(self.clients.len() as f64);
         (id, counters)
     }
 
     /// Removes a browser and its subscriptions.
     pub fn unregister(&mut self, client: ClientId) {
-        let Some(entry) = self.clients.remove(&client) else { return };
-        let mut released = false;
-        for filter in &entry.filters {
-            released |= self.release(client, filter);
-        }
-        if released {
+        self.clients.remove(&client);
+        if self.fanout.unregister(client) {
             self.evict();
         }
         metrics::gauge!("ferrite_gateway_clients").set(self.clients.len() as f64);
@@ -167,29 +145,17 @@ impl Hub {
         client: ClientId,
         filters: &[String],
     ) -> Result<Vec<(String, GrantFuture)>, SubscribeError> {
-        let Some(entry) = self.clients.get_mut(&client) else { return Ok(Vec::new()) };
-        let fresh: Vec<&String> = filters.iter().filter(|filter| !entry.filters.contains(*filter)).collect();
-        if entry.filters.len() + fresh.len() > self.max_filters_per_client {
-            return Err(SubscribeError::TooMany(self.max_filters_per_client));
-        }
-        entry.filters.extend(fresh.iter().map(|filter| (*filter).clone()));
-        Ok(fresh.into_iter().map(|filter| (filter.clone(), self.acquire(client, filter))).collect())
+        let waiting = self.fanout.subscribe(client, filters)?;
+        metrics::gauge!("ferrite_gateway_subscriptions").set(self.fanout.subscription_count() as f64);
+        Ok(waiting)
     }
 
     /// The broker granted what `client` waited for: it receives those filters' messages from now on.
     /// Returns the frames of the retained messages matching any of `filters` (all it asked for, held before or
     /// not), each topic once, sorted by topic.
     pub fn activate(&mut self, client: ClientId, filters: &[String]) -> Vec<Frame> {
-        if !self.clients.contains_key(&client) {
+        if !self.fanout.activate(client, filters) {
             return Vec::new();
-        }
-        for filter in filters {
-            if let Some(entry) = self.filters.get_mut(filter)
-                && let Some(pos) = entry.waiting.iter().position(|waiting| *waiting == client)
-            {
-                entry.waiting.swap_remove(pos);
-                entry.subscribers.push(client);
-            }
         }
         let mut matching: Vec<(&String, &Retained)> = self
             .retained
@@ -202,48 +168,10 @@ impl Hub {
 
     /// Unsubscribes a browser from `filters`; filters it does not hold are ignored, as MQTT does.
     pub fn unsubscribe(&mut self, client: ClientId, filters: &[String]) {
-        let Some(entry) = self.clients.get_mut(&client) else { return };
-        let removed: Vec<String> = filters.iter().filter(|filter| entry.filters.remove(*filter)).cloned().collect();
-        let mut released = false;
-        for filter in &removed {
-            released |= self.release(client, filter);
-        }
-        if released {
+        if self.fanout.unsubscribe(client, filters) {
             self.evict();
+            metrics::gauge!("ferrite_gateway_subscriptions").set(self.fanout.subscription_count() as f64);
         }
-    }
-
-    /// One more browser waits for `filter`; the first one makes the broker subscription.
-    fn acquire(&mut self, client: ClientId, filter: &str) -> GrantFuture {
-        if let Some(entry) = self.filters.get_mut(filter) {
-            entry.waiting.push(client);
-            return entry.grant.clone();
-        }
-        let mut mqtt = Filter::new(filter, QoS::AtLeastOnce);
-        // Keep the retain flag of live messages, so the cache also follows retained values published later;
-        // and have the broker send the retained messages at once, for the browser that asked.
-        mqtt.preserve_retain = true;
-        mqtt.retain_forward_rule = RetainForwardRule::OnEverySubscribe;
-        let grant: BoxFuture<'static, Result<(), String>> = match self.session.subscribe_granted(mqtt) {
-            Ok(grant) => Box::pin(async move {
-                match grant.await {
-                    Ok(Ok(_qos)) => Ok(()),
-                    Ok(Err(reason)) => Err(format!("the broker refused it ({reason})")),
-                    Err(_) => Err("the gateway's broker session ended before the broker answered".to_owned()),
-                }
-            }),
-            Err(_) => {
-                tracing::warn!(filter, "the mqtt session has stopped; cannot subscribe");
-                Box::pin(std::future::ready(Err("the gateway's broker session has stopped".to_owned())))
-            }
-        };
-        let grant = grant.shared();
-        self.filters.insert(
-            filter.to_owned(),
-            FilterEntry { subscribers: Vec::new(), waiting: vec![client], grant: grant.clone() },
-        );
-        metrics::gauge!("ferrite_gateway_subscriptions").set(self.filters.len() as f64);
-        grant
     }
 
     /// `client` gives up `filters` it waited for (refused, or not answered in time): as if it unsubscribed.
@@ -251,26 +179,11 @@ impl Hub {
         self.unsubscribe(client, filters);
     }
 
-    /// One browser less wants `filter`; the last one removes the broker subscription. True when it did.
-    fn release(&mut self, client: ClientId, filter: &str) -> bool {
-        let Entry::Occupied(mut entry) = self.filters.entry(filter.to_owned()) else { return false };
-        entry.get_mut().subscribers.retain(|subscriber| *subscriber != client);
-        entry.get_mut().waiting.retain(|waiting| *waiting != client);
-        if !entry.get().subscribers.is_empty() || !entry.get().waiting.is_empty() {
-            return false;
-        }
-        entry.remove();
-        if self.session.unsubscribe(filter).is_err() {
-            tracing::warn!(filter, "the mqtt session has stopped; cannot unsubscribe");
-        }
-        metrics::gauge!("ferrite_gateway_subscriptions").set(self.filters.len() as f64);
-        true
-    }
-
     /// Forgets retained values no filter covers any more: the broker stops telling us when they change.
     fn evict(&mut self) {
-        let filters = &self.filters;
-        self.retained.retain(|topic, _| filters.keys().any(|filter| filter_matches(filter, topic)));
+        let fanout = &self.fanout;
+        self.retained.retain(|topic, _| fanout.covers(topic));
+        metrics::gauge!("ferrite_gateway_subscriptions").set(fanout.subscription_count() as f64);
     }
 
     /// The broker (re)connected: our subscriptions are renewed and it replays every retained message,
@@ -281,13 +194,7 @@ impl Hub {
 
     /// Routes one message to the browsers whose filters match it, and keeps it if it is retained.
     pub fn deliver(&mut self, message: &Incoming<'_>) -> Delivered {
-        let targets: Vec<&FilterEntry> = self
-            .filters
-            .iter()
-            .filter(|(filter, _)| filter_matches(filter, message.topic))
-            .map(|(_, entry)| entry)
-            .collect();
-        if targets.is_empty() {
+        if !self.fanout.covers(message.topic) {
             // For a subscription that has just ended: nobody wants it, and nothing covers its topic any more.
             return Delivered::default();
         }
@@ -311,37 +218,14 @@ impl Hub {
                 self.retained.insert(message.topic.to_owned(), retained);
             }
         }
-        let mut delivered = Delivered::default();
-        // A browser with several matching filters gets the message once, as an MQTT 5 client would.
-        let mut seen: Option<HashSet<ClientId>> = (targets.len() > 1).then(HashSet::new);
-        for target in targets {
-            for client_id in &target.subscribers {
-                if let Some(seen) = seen.as_mut()
-                    && !seen.insert(*client_id)
-                {
-                    continue;
-                }
-                let Some(client) = self.clients.get(client_id) else { continue };
-                for frame in message.frames.iter() {
-                    match client.updates.push(frame) {
-                        Pushed::Queued => delivered.queued += 1,
-                        Pushed::Full => {
-                            client.counters.dropped.fetch_add(1, Ordering::Relaxed);
-                            delivered.dropped += 1;
-                        }
-                        // The browser is leaving; its entry goes with it.
-                        Pushed::Closed => {}
-                    }
-                }
-            }
-        }
-        delivered
+        let delivered = self.fanout.deliver(message.topic, &message.frames);
+        Delivered { queued: delivered.queued, dropped: delivered.dropped, known: false }
     }
 
     /// How many filters a browser holds.
     #[cfg(test)]
     pub fn filter_count(&self, client: ClientId) -> usize {
-        self.clients.get(&client).map_or(0, |entry| entry.filters.len())
+        self.fanout.filters_of(client).map_or(0, |filters| filters.len())
     }
 
     /// Every connected browser.
@@ -349,13 +233,16 @@ impl Hub {
         let mut stats: Vec<ClientStats> = self
             .clients
             .iter()
-            .map(|(id, entry)| ClientStats {
-                id: *id,
-                peer: entry.info.peer,
-                filters: entry.filters.iter().cloned().collect(),
-                queued: entry.updates.len(),
-                sent: entry.counters.sent.load(Ordering::Relaxed),
-                dropped: entry.counters.dropped.load(Ordering::Relaxed),
+            .filter_map(|(id, entry)| {
+                let queue = self.fanout.queue(*id)?;
+                Some(ClientStats {
+                    id: *id,
+                    peer: entry.info.peer,
+                    filters: self.fanout.filters_of(*id).map(|filters| filters.iter().cloned().collect())?,
+                    queued: queue.len(),
+                    sent: entry.counters.sent.load(Ordering::Relaxed),
+                    dropped: queue.dropped(),
+                })
             })
             .collect();
         stats.sort_unstable_by_key(|stats| stats.id);
@@ -364,13 +251,7 @@ impl Hub {
 
     /// The filters subscribed at the broker, with how many browsers hold each, sorted.
     pub fn subscriptions(&self) -> Vec<(String, usize)> {
-        let mut subscriptions: Vec<(String, usize)> = self
-            .filters
-            .iter()
-            .map(|(filter, entry)| (filter.clone(), entry.subscribers.len() + entry.waiting.len()))
-            .collect();
-        subscriptions.sort_unstable();
-        subscriptions
+        self.fanout.subscriptions()
     }
 
     /// How many retained topics the cache holds.

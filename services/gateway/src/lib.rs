@@ -313,6 +313,11 @@ impl Gateway {
     }
 
     /// The address the HTTP listener is bound to.
+    /// Whether the gateway's MQTT session is connected and its subscriptions answered, for `/readyz`.
+    pub fn mqtt_status(&self) -> ferrite_mqtt::SessionStatus {
+        self.state.session().status()
+    }
+
     pub fn local_addr(&self) -> SocketAddr {
         // A bound TCP listener always has a local address.
         self.listener.local_addr().unwrap_or(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)))

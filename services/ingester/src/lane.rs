@@ -61,6 +61,7 @@ impl Lane {
         let Lane { index, session: session_config, batch_size, batch_interval, limits, stats, subscribed } = self;
         let client_id = session_config.client_id.clone();
         let (session, mut events) = Session::start(session_config);
+        stats.sessions.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(session.status());
         // Held by the writers from hand-over until acknowledgement: one batch of ours at a time.
         let previous_done = Arc::new(Semaphore::new(1));
         tracing::debug!(index, %client_id, "ingester session starting");

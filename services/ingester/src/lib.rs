@@ -198,11 +198,26 @@ pub struct Stats {
     pub batches: AtomicU64,
     /// True once the broker has granted the subscriptions of every session.
     pub subscribed: AtomicBool,
+    /// Each running session's connection state, for readiness.
+    pub(crate) sessions: std::sync::Mutex<Vec<ferrite_mqtt::SessionStatus>>,
 }
 
 impl Stats {
     pub fn stored(&self) -> u64 {
         self.stored.load(Ordering::Relaxed)
+    }
+
+    /// `Ok` when every session is connected and its subscriptions answered now (not only once, as
+    /// [`Stats::subscribed`]); otherwise which session waits for what. For `/readyz`.
+    pub fn sessions_ready(&self) -> Result<(), String> {
+        let sessions = self.sessions.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if sessions.is_empty() {
+            return Err("the ingester's MQTT sessions have not started".to_owned());
+        }
+        for (index, session) in sessions.iter().enumerate() {
+            session.check().map_err(|reason| format!("session {index}: {reason}"))?;
+        }
+        Ok(())
     }
 }
 

@@ -17,6 +17,9 @@ pub enum QueryError {
     /// The live stream needs a broker, and none is configured.
     #[error("live streams are not available: no mqtt broker is configured")]
     LiveUnavailable,
+    /// The broker refused, or did not answer, the subscription a live stream needs.
+    #[error("cannot follow the device's readings: {0}")]
+    LiveRefused(String),
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
     #[error("internal error: {0}")]

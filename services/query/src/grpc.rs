@@ -1,16 +1,17 @@
 //! The gRPC face: `ferrite.v1.Telemetry` over [`TelemetryService`] and [`LiveFeed`], and the one conversion of
 //! [`QueryError`] into a [`Status`].
 
+use std::collections::VecDeque;
 use std::pin::Pin;
+use std::sync::Arc;
 
 use chrono::{DateTime, TimeDelta, Utc};
-use ferrite_core::DeviceId;
+use ferrite_core::{DeviceId, Reading};
+use ferrite_mqtt::Queue;
 use ferrite_proto::v1 as pb;
 use ferrite_proto::v1::telemetry_server::Telemetry;
 use ferrite_registry::ApiGuard;
 use futures::{Stream, StreamExt};
-use tokio_stream::wrappers::BroadcastStream;
-use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 use tonic::{Request, Response, Status};
 
 use crate::live::LiveSubscription;
@@ -24,11 +25,16 @@ impl From<QueryError> for Status {
         match err {
             QueryError::InvalidArgument(_) => Status::invalid_argument(message),
             QueryError::DeviceNotFound(_) => Status::not_found(message),
-            QueryError::LiveUnavailable | QueryError::Database(_) => Status::unavailable(message),
+            QueryError::LiveUnavailable | QueryError::LiveRefused(_) | QueryError::Database(_) => {
+                Status::unavailable(message)
+            }
             QueryError::Internal(_) => Status::internal(message),
         }
     }
 }
+
+/// Readings a live stream takes from its queue at a time (under one lock).
+const STREAM_BATCH: usize = 64;
 
 /// `ferrite.v1.Telemetry`, behind the registry's token check.
 #[derive(Clone)]
@@ -98,32 +104,41 @@ impl Telemetry for GrpcFace {
             return Err(QueryError::invalid(format!("invalid metric name {metric:?}")).into());
         }
         let live = self.live.as_ref().ok_or(QueryError::LiveUnavailable)?;
-        let LiveSubscription { readings, closed, lease } = live.subscribe(&device);
-        let stream = BroadcastStream::new(readings).take_until(closed.cancelled_owned()).filter_map(move |item| {
+        let LiveSubscription { readings, closed, lease } = live.subscribe(&device).await?;
+        let stream = queued_readings(readings).take_until(closed.cancelled_owned()).filter_map(move |reading| {
             // The lease lives as long as the stream: dropping the stream releases the subscription.
             let _lease = &lease;
-            let out = match item {
-                Ok(reading) if metric.as_ref().is_none_or(|metric| *metric == reading.metric) => {
-                    Some(Ok(pb::StreamReading {
-                        device_id: reading.device.as_str().to_owned(),
-                        metric: reading.metric.clone(),
-                        reading: Some(pb::Reading {
-                            value: reading.value,
-                            ts: Some(timestamp(reading.ts)),
-                            unit: reading.unit.clone().unwrap_or_default(),
-                        }),
-                    }))
-                }
-                Ok(_) => None,
-                Err(BroadcastStreamRecvError::Lagged(missed)) => {
-                    metrics::counter!("ferrite_query_live_dropped_total").increment(missed);
-                    None
-                }
-            };
+            let out = metric.as_ref().is_none_or(|metric| *metric == reading.metric).then(|| {
+                Ok(pb::StreamReading {
+                    device_id: reading.device.as_str().to_owned(),
+                    metric: reading.metric.clone(),
+                    reading: Some(pb::Reading {
+                        value: reading.value,
+                        ts: Some(timestamp(reading.ts)),
+                        unit: reading.unit.clone().unwrap_or_default(),
+                    }),
+                })
+            });
             std::future::ready(out)
         });
         Ok(Response::new(Box::pin(stream)))
     }
+}
+
+/// A stream's queued readings as a `Stream`, oldest first; it ends only when dropped (the caller ends it on shutdown).
+fn queued_readings(queue: Arc<Queue<Arc<Reading>>>) -> impl Stream<Item = Arc<Reading>> {
+    futures::stream::unfold((queue, VecDeque::new()), |(queue, mut taken)| async move {
+        loop {
+            if let Some(reading) = taken.pop_front() {
+                return Some((reading, (queue, taken)));
+            }
+            // A push wakes us only when the queue turns from empty to not empty, so look before waiting.
+            queue.take(STREAM_BATCH, |reading| taken.push_back(reading));
+            if taken.is_empty() {
+                queue.ready().await;
+            }
+        }
+    })
 }
 
 /// Validates a `Query` request; `now` is the default end of the range.

@@ -23,7 +23,9 @@ impl From<QueryError> for ApiError {
         let status = match &err {
             QueryError::InvalidArgument(_) => StatusCode::BAD_REQUEST,
             QueryError::DeviceNotFound(_) => StatusCode::NOT_FOUND,
-            QueryError::LiveUnavailable | QueryError::Database(_) => StatusCode::SERVICE_UNAVAILABLE,
+            QueryError::LiveUnavailable | QueryError::LiveRefused(_) | QueryError::Database(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             QueryError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         ApiError::new(status, err.public_message())

@@ -9,12 +9,14 @@
 //! - `identity`: who may connect as what (client-id rules, anonymous rights, a password-guessing flood, quotas,
 //!   closing a deleted device's connection, command presence, the broker's `/mqtt` Origin check).
 //! - `ingest`: poison messages and input bounds of the ingestion path (items 1 to 3).
+//! - `readiness`: `/readyz` answers 503 naming the database or the MQTT session while either is unreachable.
 
 mod api;
 mod browser;
 mod dashboard;
 mod identity;
 mod ingest;
+mod readiness;
 mod support;
 
 use support::Platform;

@@ -11,7 +11,7 @@ use crate::support::{Platform, http};
 async fn bad_input_is_refused_on_both_faces() -> anyhow::Result<()> {
     let platform = Platform::start().await?;
     // A device that exists (and is offline), so only the input is wrong.
-    sqlx::query("insert into devices (id) values ('known-1')").execute(platform.db.pool()).await?;
+    sqlx::query("insert into devices (id) values ('known-1')").execute(platform.pool()).await?;
 
     for (device, body, expected) in [
         ("bad%20id", json!({"name": "ping"}), "invalid device id"),
@@ -35,7 +35,7 @@ async fn bad_input_is_refused_on_both_faces() -> anyhow::Result<()> {
     http("GET", &platform.url("/api/v1/commands/not-a-uuid"), None).await?.expect_error(400);
     http("GET", &platform.url(&format!("/api/v1/commands/{}", uuid::Uuid::new_v4())), None).await?.expect_error(404);
     // Nothing bad was stored.
-    let (stored,): (i64,) = sqlx::query_as("select count(*) from commands").fetch_one(platform.db.pool()).await?;
+    let (stored,): (i64,) = sqlx::query_as("select count(*) from commands").fetch_one(platform.pool()).await?;
     assert_eq!(stored, 0);
 
     let mut client = CommandsClient::new(platform.channel().await?);

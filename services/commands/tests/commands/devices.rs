@@ -22,12 +22,11 @@ async fn ping_and_restart_round_trip_with_a_fleet_device() -> anyhow::Result<()>
     assert!(ping["completedAt"].is_string());
 
     // `restart` answers, then drops and restores the device's connection.
-    let (before,): (chrono::DateTime<chrono::Utc>,) =
-        sqlx::query_as("select now()").fetch_one(platform.db.pool()).await?;
+    let (before,): (chrono::DateTime<chrono::Utc>,) = sqlx::query_as("select now()").fetch_one(platform.pool()).await?;
     let restart = platform.send(&device.id, json!({"name": "restart", "timeout": "5s"})).await?.expect(200);
     assert_eq!(restart["state"], "ok", "{restart}");
     assert_eq!(restart["result"], json!({"restarting": true}));
-    let pool = platform.db.pool().clone();
+    let pool = platform.pool().clone();
     let id = device.id.clone();
     ferrite_testkit::wait_for("the device to reconnect after restart", || {
         let (pool, id) = (pool.clone(), id.clone());
@@ -119,7 +118,7 @@ async fn an_offline_device_gets_its_command_when_it_reconnects() -> anyhow::Resu
     assert_eq!(done["result"], json!({"interval": 2.0}));
     let (state,): (String,) = sqlx::query_as("select state from commands where id = $1::uuid")
         .bind(&command_id)
-        .fetch_one(platform.db.pool())
+        .fetch_one(platform.pool())
         .await?;
     assert_eq!(state, "ok");
     device.stop().await
@@ -135,10 +134,8 @@ async fn a_device_that_never_answers_times_out_and_a_late_answer_still_counts() 
     assert!(timed_out["result"].is_null());
     assert_eq!(timed_out["timeout"], "300ms");
     let id = timed_out["id"].as_str().unwrap_or_default().to_owned();
-    let (state,): (String,) = sqlx::query_as("select state from commands where id = $1::uuid")
-        .bind(&id)
-        .fetch_one(platform.db.pool())
-        .await?;
+    let (state,): (String,) =
+        sqlx::query_as("select state from commands where id = $1::uuid").bind(&id).fetch_one(platform.pool()).await?;
     assert_eq!(state, "timed_out");
 
     // The device did get it, as DESIGN.md's JSON with the MQTT 5 response topic and correlation data.

@@ -14,7 +14,7 @@ use ferrite_mqtt::{Event, Message, PublishProperties, QoS, Session, SessionConfi
 use ferrite_registry::{ApiExtension, Config, Registry};
 pub use ferrite_testkit::HttpResponse;
 use ferrite_testkit::http_request;
-use ferrite_testkit::{TestBroker, TestDb, WAIT_DEADLINE, wait_for};
+use ferrite_testkit::{LOOPBACK, WAIT_DEADLINE, wait_for};
 use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -27,33 +27,26 @@ pub fn unique() -> u64 {
 
 /// Everything a command needs, in this process.
 pub struct Platform {
-    pub db: TestDb,
-    pub broker: TestBroker,
+    pub base: ferrite_testkit::Platform,
     pub rest: SocketAddr,
     pub grpc: SocketAddr,
     pub stats: Arc<CommandStats>,
-    stop: CancellationToken,
 }
 
 impl Platform {
     pub async fn start() -> anyhow::Result<Platform> {
-        let db = TestDb::new().await?;
-        let broker = TestBroker::start().await?;
-        let stop = CancellationToken::new();
+        let mut base = ferrite_testkit::Platform::builder().with_database().with_broker().start().await?;
+        let pool = base.pool().clone();
 
-        let ingester = Ingester::bind(ferrite_ingester::Config::new(broker.url()), db.pool().clone()).await?;
+        let ingester = Ingester::bind(ferrite_ingester::Config::new(base.broker_url()), pool.clone()).await?;
         let ingested = ingester.stats();
-        tokio::spawn(ingester.run(stop.clone()));
+        base.spawn("ingester", ingester.run(base.shutdown().clone()));
 
-        let config = Config {
-            grpc_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-            rest_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-            ..Config::default()
-        };
-        let registry = Registry::bind(config, db.pool().clone()).await?;
-        let mut commands_config = ferrite_commands::Config::new(broker.url());
+        let config = Config { grpc_addr: LOOPBACK, rest_addr: LOOPBACK, ..Config::default() };
+        let registry = Registry::bind(config, pool.clone()).await?;
+        let mut commands_config = ferrite_commands::Config::new(base.broker_url());
         commands_config.client_id = format!("commands-test-{}", unique());
-        let commands = Commands::bind(commands_config, db.pool().clone())?;
+        let commands = Commands::bind(commands_config, pool)?;
         let service = commands.service();
         let stats = service.stats();
         let extension = ApiExtension::new()
@@ -62,15 +55,23 @@ impl Platform {
             .openapi(ferrite_commands::openapi());
         let registry = registry.with_extension(extension);
         let (rest, grpc) = (registry.rest_addr(), registry.grpc_addr());
-        tokio::spawn(registry.run(stop.clone()));
-        tokio::spawn(commands.run(stop.clone()));
+        base.spawn("registry", registry.run(base.shutdown().clone()));
+        base.spawn("commands", commands.run(base.shutdown().clone()));
 
         wait_for("the ingester's and the command service's subscriptions", || {
             let (ingested, stats) = (ingested.clone(), stats.clone());
             async move { ingested.subscribed.load(Ordering::Relaxed) && stats.subscribed.load(Ordering::Relaxed) }
         })
         .await?;
-        Ok(Platform { db, broker, rest, grpc, stats, stop })
+        Ok(Platform { base, rest, grpc, stats })
+    }
+
+    pub fn pool(&self) -> &sqlx::PgPool {
+        self.base.pool()
+    }
+
+    pub fn broker_url(&self) -> ferrite_mqtt::BrokerUrl {
+        self.base.broker_url()
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -83,7 +84,7 @@ impl Platform {
 
     /// Waits until the ingester has recorded `device` as online (or offline).
     pub async fn wait_presence(&self, device: &str, online: bool) -> anyhow::Result<()> {
-        let pool = self.db.pool().clone();
+        let pool = self.pool().clone();
         wait_for(&format!("{device} to be {}", if online { "online" } else { "offline" }), || {
             let pool = pool.clone();
             async move {
@@ -120,12 +121,6 @@ impl Platform {
     }
 }
 
-impl Drop for Platform {
-    fn drop(&mut self) {
-        self.stop.cancel();
-    }
-}
-
 /// A simulated fleet of one device.
 pub struct FleetDevice {
     pub id: String,
@@ -136,7 +131,7 @@ pub struct FleetDevice {
 impl FleetDevice {
     /// Starts fleet device `{prefix}-{number:04}` on the platform's broker.
     pub fn start(platform: &Platform, prefix: &str, number: usize) -> anyhow::Result<FleetDevice> {
-        let mut config = ferrite_fleet::Config::new(platform.broker.url(), 1);
+        let mut config = ferrite_fleet::Config::new(platform.broker_url(), 1);
         config.prefix = prefix.to_owned();
         config.first = number;
         let id = config.device_id(0);
@@ -163,7 +158,7 @@ pub struct RawDevice {
 impl RawDevice {
     /// Connects, subscribes to `commands/{id}` and announces itself online (the ingester records that).
     pub async fn start(platform: &Platform, id: &str) -> anyhow::Result<RawDevice> {
-        let mut config = SessionConfig::new(platform.broker.url(), id);
+        let mut config = SessionConfig::new(platform.broker_url(), id);
         config.subscriptions = vec![(format!("commands/{id}"), QoS::AtLeastOnce)];
         let (session, mut events) = Session::start(config);
         tokio::time::timeout(WAIT_DEADLINE, async {

@@ -46,7 +46,7 @@ async fn dashboard_in_chromium() -> anyhow::Result<()> {
 
     let harness = Harness::start().await?;
     let fleet_stop = CancellationToken::new();
-    let fleet_config = ferrite_fleet::Config::new(harness.broker.url(), FLEET);
+    let fleet_config = ferrite_fleet::Config::new(harness.broker().url(), FLEET);
     let fleet_device = fleet_config.device_id(1);
     let fleet = tokio::spawn(Fleet::bind(fleet_config)?.run(fleet_stop.clone()));
     let mqtt = harness.mqtt().await?;

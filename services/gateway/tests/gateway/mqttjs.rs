@@ -11,7 +11,7 @@ use crate::support::{Harness, NodeScript, require_node};
 async fn seed_example(version: &str) -> anyhow::Result<()> {
     require_node(&["mqtt"])?;
     let harness = Harness::start().await?;
-    let ws = harness.broker.ws_addr().context("the test broker has a WebSocket listener")?;
+    let ws = harness.broker().ws_addr().context("the test broker has a WebSocket listener")?;
     let mut observer = harness.mqtt().await?;
     observer.subscribe("control/#").await?;
     observer.subscribe("clients/#").await?;

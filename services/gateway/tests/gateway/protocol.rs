@@ -374,7 +374,7 @@ fn require_open_files(needed: usize) -> anyhow::Result<()> {
 async fn the_seed_dashboard_flow() -> anyhow::Result<()> {
     let harness = Harness::start().await?;
     let fleet_stop = CancellationToken::new();
-    let mut fleet_config = ferrite_fleet::Config::new(harness.broker.url(), 2);
+    let mut fleet_config = ferrite_fleet::Config::new(harness.broker().url(), 2);
     fleet_config.interval = Duration::from_millis(500);
     let fleet = tokio::spawn(Fleet::bind(fleet_config)?.run(fleet_stop.clone()));
 

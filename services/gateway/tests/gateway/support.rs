@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use anyhow::{Context, bail, ensure};
 use bytes::Bytes;
-use ferrite_gateway::{Config, Gateway, GatewayError, GatewayState};
+use ferrite_gateway::{Config, Gateway, GatewayState};
 use ferrite_mqtt::{BrokerUrl, Event, QoS, Session, SessionConfig};
-use ferrite_testkit::{TestBroker, WAIT_DEADLINE, init_test_tracing};
+use ferrite_testkit::{LOOPBACK, Platform, PlatformBroker, WAIT_DEADLINE};
 use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
@@ -19,7 +19,6 @@ use tokio::process::{Child, ChildStdin, ChildStdout};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
-use tokio_util::sync::CancellationToken;
 
 /// A unique number per call, for client ids and probe topics.
 pub fn unique() -> u64 {
@@ -29,11 +28,9 @@ pub fn unique() -> u64 {
 
 /// A broker and a gateway, both in this process.
 pub struct Harness {
-    pub broker: TestBroker,
+    pub platform: Platform,
     pub addr: SocketAddr,
     pub state: GatewayState,
-    shutdown: CancellationToken,
-    task: tokio::task::JoinHandle<Result<(), GatewayError>>,
 }
 
 impl Harness {
@@ -43,16 +40,19 @@ impl Harness {
 
     /// Like [`Harness::start`], letting the test adjust the gateway's configuration.
     pub async fn start_with(adjust: impl FnOnce(&mut Config)) -> anyhow::Result<Harness> {
-        init_test_tracing();
-        let broker = TestBroker::start().await.context("cannot start the test broker")?;
-        let mut config = Config::new(broker.url());
-        config.http_addr = SocketAddr::from(([127, 0, 0, 1], 0));
+        let mut platform = Platform::builder().with_broker().start().await?;
+        let mut config = Config::new(platform.broker_url());
+        config.http_addr = LOOPBACK;
         adjust(&mut config);
         let gateway = Gateway::bind(config).await.context("cannot bind the gateway")?;
         let (addr, state) = (gateway.local_addr(), gateway.state());
-        let shutdown = CancellationToken::new();
-        let task = tokio::spawn(gateway.run(shutdown.clone()));
-        Ok(Harness { broker, addr, state, shutdown, task })
+        platform.spawn("the gateway", gateway.run(platform.shutdown().clone()));
+        Ok(Harness { platform, addr, state })
+    }
+
+    /// The broker the gateway is connected to.
+    pub fn broker(&self) -> &PlatformBroker {
+        self.platform.broker()
     }
 
     pub fn dashboard_url(&self) -> String {
@@ -66,7 +66,7 @@ impl Harness {
 
     /// A real MQTT client on the broker, connected.
     pub async fn mqtt(&self) -> anyhow::Result<Mqtt> {
-        Mqtt::connect(self.broker.url()).await
+        Mqtt::connect(self.platform.broker_url()).await
     }
 
     /// Waits until the filters `browser` subscribed to so far are live at the broker, by a probe that gets
@@ -102,11 +102,7 @@ impl Harness {
 
     /// Shuts the gateway down and checks that it stopped cleanly, then stops the broker.
     pub async fn stop(self) -> anyhow::Result<()> {
-        self.shutdown.cancel();
-        let ran = tokio::time::timeout(WAIT_DEADLINE, self.task).await.context("the gateway did not stop")?;
-        ran.context("the gateway task panicked")?.context("the gateway failed")?;
-        self.broker.stop().await;
-        Ok(())
+        self.platform.stop().await
     }
 }
 

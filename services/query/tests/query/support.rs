@@ -8,10 +8,9 @@ use ferrite_proto::v1::telemetry_client::TelemetryClient;
 use ferrite_query::{LiveFeed, Telemetry};
 use ferrite_registry::{Config, Registry};
 pub use ferrite_testkit::HttpResponse;
-use ferrite_testkit::TestDb;
 use ferrite_testkit::http_request;
+use ferrite_testkit::{LOOPBACK, Platform};
 use sqlx::PgPool;
-use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, Endpoint};
 
 pub fn at(text: &str) -> DateTime<Utc> {
@@ -52,12 +51,10 @@ pub async fn insert_readings(pool: &PgPool, readings: &[(&str, &str, DateTime<Ut
 
 /// A registry with the telemetry extension on loopback port 0 over a fresh database, stopped when dropped.
 pub struct TestApp {
-    pub db: TestDb,
+    pub platform: Platform,
     pub grpc: SocketAddr,
     pub rest: SocketAddr,
     pub registry: ferrite_registry::RegistryService,
-    stop: CancellationToken,
-    task: Option<tokio::task::JoinHandle<Result<(), ferrite_registry::RegistryError>>>,
 }
 
 impl TestApp {
@@ -66,15 +63,10 @@ impl TestApp {
     }
 
     pub async fn start_with(require_token: bool, live: Option<LiveFeed>) -> anyhow::Result<TestApp> {
-        let db = TestDb::new().await?;
-        let config = Config {
-            grpc_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-            rest_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-            require_token,
-            ..Config::default()
-        };
-        let registry = Registry::bind(config, db.pool().clone()).await?;
-        let mut telemetry = Telemetry::new(db.pool().clone());
+        let mut platform = Platform::builder().with_database().start().await?;
+        let config = Config { grpc_addr: LOOPBACK, rest_addr: LOOPBACK, require_token, ..Config::default() };
+        let registry = Registry::bind(config, platform.pool().clone()).await?;
+        let mut telemetry = Telemetry::new(platform.pool().clone());
         if let Some(live) = live {
             telemetry = telemetry.with_live(live);
         }
@@ -83,13 +75,12 @@ impl TestApp {
             registry.with_extension(extension)
         };
         let (grpc, rest, service) = (registry.grpc_addr(), registry.rest_addr(), registry.service().clone());
-        let stop = CancellationToken::new();
-        let task = tokio::spawn(registry.run(stop.clone()));
-        Ok(TestApp { db, grpc, rest, registry: service, stop, task: Some(task) })
+        platform.spawn("registry", registry.run(platform.shutdown().clone()));
+        Ok(TestApp { platform, grpc, rest, registry: service })
     }
 
     pub fn pool(&self) -> &PgPool {
-        self.db.pool()
+        self.platform.pool()
     }
 
     pub async fn telemetry(&self) -> anyhow::Result<TelemetryClient<Channel>> {
@@ -107,18 +98,8 @@ impl TestApp {
     }
 
     /// Stops serving and waits until both servers have returned.
-    pub async fn stop(mut self) -> anyhow::Result<()> {
-        self.stop.cancel();
-        if let Some(task) = self.task.take() {
-            tokio::time::timeout(ferrite_testkit::WAIT_DEADLINE, task).await???;
-        }
-        Ok(())
-    }
-}
-
-impl Drop for TestApp {
-    fn drop(&mut self) {
-        self.stop.cancel();
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.platform.stop().await
     }
 }
 

@@ -54,7 +54,7 @@ async fn device_commands_print_tables_and_json() -> anyhow::Result<()> {
         serde_json::from_str(&ferrite(&registry, &token, &["device", "create", "boiler-2", "--json"]).await?)?;
     assert_eq!(json["device"]["id"], "boiler-2");
     assert_eq!(json["credentials"]["username"], "boiler-2");
-    set_presence(registry.db.pool(), "boiler-2", true).await?;
+    set_presence(registry.pool(), "boiler-2", true).await?;
 
     let got = ferrite(&registry, &token, &["device", "get", "boiler-1"]).await?;
     assert!(got.contains("name:") && got.contains("Boiler") && got.contains("never seen"), "{got}");
@@ -101,7 +101,7 @@ async fn token_commands_create_list_and_revoke() -> anyhow::Result<()> {
     let registry = TestRegistry::start(true).await?;
 
     // The first token, straight into the database, as an operator bootstraps a registry that requires one.
-    let url = registry.db.url();
+    let url = registry.db().url();
     let cli =
         Cli::try_parse_from(["ferrite", "token", "create", "--name", "bootstrap", "--direct", "--database-url", &url])?;
     let mut out = Vec::new();

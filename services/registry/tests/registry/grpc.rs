@@ -124,7 +124,7 @@ async fn paging_and_filters() -> anyhow::Result<()> {
         client.create_device(create_request(&format!("pump-{n}"), tags)).await?;
     }
     client.create_device(create_request("valve-1", &["roof"])).await?;
-    set_presence(registry.db.pool(), "pump-4", true).await?;
+    set_presence(registry.pool(), "pump-4", true).await?;
 
     let mut ids = Vec::new();
     let mut page_token = String::new();
@@ -248,14 +248,14 @@ async fn presence_stream_reports_going_offline() -> anyhow::Result<()> {
     let registry = TestRegistry::start(false).await?;
     let mut client = registry.devices().await?;
     client.create_device(create_request("lamp-1", &[])).await?;
-    set_presence(registry.db.pool(), "lamp-1", true).await?;
+    set_presence(registry.pool(), "lamp-1", true).await?;
 
     let request = pb::WatchPresenceRequest { device_ids: vec!["lamp-1".into()], include_current: true };
     let mut stream = client.watch_presence(request).await?.into_inner();
     let first = next_event(&mut stream).await?;
     assert_eq!((first.device_id.as_str(), first.online), ("lamp-1", true));
 
-    set_presence(registry.db.pool(), "lamp-1", false).await?;
+    set_presence(registry.pool(), "lamp-1", false).await?;
     let change = next_event(&mut stream).await?;
     assert_eq!((change.device_id.as_str(), change.online), ("lamp-1", false));
     assert!(change.changed_at.is_some());

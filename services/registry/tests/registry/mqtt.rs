@@ -461,7 +461,7 @@ async fn mosquitto_pub_with_issued_credentials_gets_its_reading_stored() -> anyh
     let broker = TestBroker::start_with(|config| config.authorizer = authorizer).await?;
     let mut ingest = ferrite_ingester::Config::new(broker.url());
     ingest.credentials = Some(("service:ingester".into(), INGESTER_SECRET.into()));
-    let ingester = ferrite_ingester::Ingester::bind(ingest, registry.db.pool().clone()).await?;
+    let ingester = ferrite_ingester::Ingester::bind(ingest, registry.pool().clone()).await?;
     let stop = CancellationToken::new();
     let ingesting = tokio::spawn(ingester.run(stop.clone()));
 
@@ -501,7 +501,7 @@ async fn mosquitto_pub_with_issued_credentials_gets_its_reading_stored() -> anyh
         .await?;
     assert!(!refused.status.success());
 
-    let pool = registry.db.pool().clone();
+    let pool = registry.pool().clone();
     ferrite_testkit::wait_for("the reading to be stored", || {
         let pool = pool.clone();
         async move {

@@ -58,7 +58,7 @@ async fn paging_and_filters() -> anyhow::Result<()> {
         let body = json_body(&json!({"id": id, "tags": [tag, "all"]}));
         assert_eq!(http("POST", &registry.url("/api/v1/devices"), None, Some((JSON, &body))).await?.status, 201);
     }
-    set_presence(registry.db.pool(), "a-3", true).await?;
+    set_presence(registry.pool(), "a-3", true).await?;
 
     let ids = |body: &serde_json::Value| -> Vec<String> {
         body["devices"].as_array().into_iter().flatten().filter_map(|d| d["id"].as_str().map(str::to_owned)).collect()
@@ -238,7 +238,7 @@ async fn presence_events_stream_as_server_sent_events() -> anyhow::Result<()> {
     let mut body = response.into_body();
 
     // The watch is registered before the response starts, so this change cannot be missed.
-    set_presence(registry.db.pool(), "gate-1", false).await?;
+    set_presence(registry.pool(), "gate-1", false).await?;
     let mut text = String::new();
     while !text.contains("\n\n") || !text.contains("gate-1") {
         let frame = tokio::time::timeout(ferrite_testkit::WAIT_DEADLINE, body.frame()).await?;

@@ -6,10 +6,9 @@ use std::net::SocketAddr;
 use ferrite_proto::v1::device_registry_client::DeviceRegistryClient;
 use ferrite_registry::{Config, NewDevice, Registry, RegistryService};
 pub use ferrite_testkit::HttpResponse;
-use ferrite_testkit::TestDb;
 use ferrite_testkit::http_request;
+use ferrite_testkit::{LOOPBACK, Platform, TestDb};
 use sqlx::PgPool;
-use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, Endpoint};
 
 /// A fresh database and a service over it; keep the `TestDb` alive for the test's duration.
@@ -44,30 +43,30 @@ pub async fn set_presence(pool: &PgPool, device: &str, online: bool) -> anyhow::
 
 /// A registry serving gRPC and REST on loopback port 0 over a fresh database, stopped when dropped.
 pub struct TestRegistry {
-    pub db: TestDb,
+    pub platform: Platform,
     pub grpc: SocketAddr,
     pub rest: SocketAddr,
     pub service: RegistryService,
-    stop: CancellationToken,
-    task: Option<tokio::task::JoinHandle<Result<(), ferrite_registry::RegistryError>>>,
 }
 
 impl TestRegistry {
     /// `require_token` makes the loopback registry behave as one on a public address.
     pub async fn start(require_token: bool) -> anyhow::Result<TestRegistry> {
-        let db = TestDb::new().await?;
-        let config = Config {
-            grpc_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-            rest_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-            require_token,
-            ..Config::default()
-        };
-        let registry = Registry::bind(config, db.pool().clone()).await?;
+        let mut platform = Platform::builder().with_database().start().await?;
+        let config = Config { grpc_addr: LOOPBACK, rest_addr: LOOPBACK, require_token, ..Config::default() };
+        let registry = Registry::bind(config, platform.pool().clone()).await?;
         assert_eq!(registry.token_required(), require_token);
         let (grpc, rest, service) = (registry.grpc_addr(), registry.rest_addr(), registry.service().clone());
-        let stop = CancellationToken::new();
-        let task = tokio::spawn(registry.run(stop.clone()));
-        Ok(TestRegistry { db, grpc, rest, service, stop, task: Some(task) })
+        platform.spawn("registry", registry.run(platform.shutdown().clone()));
+        Ok(TestRegistry { platform, grpc, rest, service })
+    }
+
+    pub fn db(&self) -> &TestDb {
+        self.platform.db()
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        self.platform.pool()
     }
 
     pub fn grpc_url(&self) -> String {
@@ -87,18 +86,8 @@ impl TestRegistry {
     }
 
     /// Stops serving and waits until both servers have returned.
-    pub async fn stop(mut self) -> anyhow::Result<()> {
-        self.stop.cancel();
-        if let Some(task) = self.task.take() {
-            tokio::time::timeout(ferrite_testkit::WAIT_DEADLINE, task).await???;
-        }
-        Ok(())
-    }
-}
-
-impl Drop for TestRegistry {
-    fn drop(&mut self) {
-        self.stop.cancel();
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.platform.stop().await
     }
 }
 

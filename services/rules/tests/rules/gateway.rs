@@ -36,7 +36,7 @@ async fn next_frame(ws: &mut Socket, within: Duration) -> anyhow::Result<Option<
 async fn an_alert_reaches_a_websocket_client() -> anyhow::Result<()> {
     let platform = Platform::start().await?;
     let mqtt = Mqtt::connect(&platform).await?;
-    let mut config = Config::new(platform.broker.url());
+    let mut config = Config::new(platform.broker_url());
     config.http_addr = SocketAddr::from(([127, 0, 0, 1], 0));
     let gateway = Gateway::bind(config).await?;
     let addr = gateway.local_addr();

@@ -13,7 +13,7 @@ use ferrite_registry::{ApiExtension, Config, Registry};
 use ferrite_rules::{EngineConfig, EngineStats, RulesEngine, RulesService};
 pub use ferrite_testkit::HttpResponse;
 use ferrite_testkit::http_request;
-use ferrite_testkit::{TestBroker, TestDb, WAIT_DEADLINE, wait_for};
+use ferrite_testkit::{LOOPBACK, WAIT_DEADLINE, wait_for};
 use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -26,12 +26,10 @@ pub fn unique() -> u64 {
 
 /// A database, a broker, the registry with the rules API mounted, and a running engine.
 pub struct Platform {
-    pub db: TestDb,
-    pub broker: TestBroker,
+    pub base: ferrite_testkit::Platform,
     pub rest: SocketAddr,
     pub grpc: SocketAddr,
     pub engine: Option<RunningEngine>,
-    stop: CancellationToken,
 }
 
 /// An engine task and its stats.
@@ -48,25 +46,18 @@ impl Platform {
 
     /// `require_token` makes the loopback registry behave as one on a public address.
     pub async fn start_with(require_token: bool) -> anyhow::Result<Platform> {
-        let db = TestDb::new().await?;
-        let broker = TestBroker::start().await?;
-        let config = Config {
-            grpc_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-            rest_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-            require_token,
-            ..Config::default()
-        };
-        let registry = Registry::bind(config, db.pool().clone()).await?;
-        let service = RulesService::new(db.pool().clone());
+        let mut base = ferrite_testkit::Platform::builder().with_database().with_broker().start().await?;
+        let config = Config { grpc_addr: LOOPBACK, rest_addr: LOOPBACK, require_token, ..Config::default() };
+        let registry = Registry::bind(config, base.pool().clone()).await?;
+        let service = RulesService::new(base.pool().clone());
         let extension = ApiExtension::new()
             .rest(ferrite_rules::router(service.clone()))
             .grpc(ferrite_rules::grpc(service, registry.api_guard()))
             .openapi(ferrite_rules::openapi());
         let registry = registry.with_extension(extension);
         let (rest, grpc) = (registry.rest_addr(), registry.grpc_addr());
-        let stop = CancellationToken::new();
-        tokio::spawn(registry.run(stop.clone()));
-        let mut platform = Platform { db, broker, rest, grpc, engine: None, stop };
+        base.spawn("registry", registry.run(base.shutdown().clone()));
+        let mut platform = Platform { base, rest, grpc, engine: None };
         platform.start_engine().await?;
         Ok(platform)
     }
@@ -74,9 +65,9 @@ impl Platform {
     /// Starts an engine (after stopping the current one) and waits until its subscription is live.
     pub async fn start_engine(&mut self) -> anyhow::Result<()> {
         self.stop_engine().await?;
-        let mut config = EngineConfig::new(self.broker.url());
+        let mut config = EngineConfig::new(self.broker_url());
         config.client_id = format!("rules-test-{}", unique());
-        let engine = RulesEngine::bind(config, self.db.pool().clone()).await?;
+        let engine = RulesEngine::bind(config, self.pool().clone()).await?;
         let stats = engine.stats();
         let stop = CancellationToken::new();
         let task = tokio::spawn(engine.run(stop.clone()));
@@ -107,6 +98,14 @@ impl Platform {
         .await
     }
 
+    pub fn pool(&self) -> &sqlx::PgPool {
+        self.base.pool()
+    }
+
+    pub fn broker_url(&self) -> ferrite_mqtt::BrokerUrl {
+        self.base.broker_url()
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.rest)
     }
@@ -130,14 +129,14 @@ impl Platform {
     pub async fn alert_rows(&self, device: &str) -> anyhow::Result<Vec<(String, f64, DateTime<Utc>)>> {
         Ok(sqlx::query_as("select state, value, fired_at from alerts where device_id = $1 order by fired_at")
             .bind(device)
-            .fetch_all(self.db.pool())
+            .fetch_all(self.pool())
             .await?)
     }
 }
 
 impl Drop for Platform {
     fn drop(&mut self) {
-        self.stop.cancel();
+        // The base stops the registry and the broker when it is dropped.
         if let Some(engine) = &self.engine {
             engine.stop.cancel();
         }
@@ -152,7 +151,7 @@ pub struct Mqtt {
 
 impl Mqtt {
     pub async fn connect(platform: &Platform) -> anyhow::Result<Mqtt> {
-        let (session, events) = Session::start(SessionConfig::new(platform.broker.url(), format!("test-{}", unique())));
+        let (session, events) = Session::start(SessionConfig::new(platform.broker_url(), format!("test-{}", unique())));
         let mut mqtt = Mqtt { session, events };
         mqtt.session.subscribe("alerts/#", QoS::AtLeastOnce)?;
         tokio::time::timeout(WAIT_DEADLINE, async {
