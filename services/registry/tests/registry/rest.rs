@@ -259,7 +259,7 @@ async fn presence_history_lists_each_change_newest_first() -> anyhow::Result<()>
     let registry = TestRegistry::start(false).await?;
     let body = json_body(&json!({"id": "door-1"}));
     assert_eq!(http("POST", &registry.url("/api/v1/devices"), None, Some((JSON, &body))).await?.status, 201);
-    let pool = registry.db.pool();
+    let pool = registry.pool();
     // Each statement is its own transaction, so each change has its own now(); a repeated state is no change.
     for online in [true, true, false, true] {
         set_presence(pool, "door-1", online).await?;
