@@ -1,5 +1,6 @@
 //! [`RegistryService`]: the one implementation of every registry operation; REST and gRPC only translate.
 
+use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 
 use chrono::{DateTime, Utc};
@@ -408,9 +409,16 @@ impl RegistryService {
             Vec::new()
         };
 
+        // A change committed before the snapshot was read may still be on its way through NOTIFY: the snapshot holds
+        // it already, so it is not sent a second time, after the snapshot (it would look like a new change).
+        let seen: HashMap<String, (bool, DateTime<Utc>)> =
+            current.iter().map(|change| (change.device_id.clone(), (change.online, change.changed_at))).collect();
         let (tx, rx) = mpsc::channel(64);
         let stop = self.inner.watches_stop.clone();
-        let wanted = move |change: &PresenceChange| device_ids.is_empty() || device_ids.contains(&change.device_id);
+        let wanted = move |change: &PresenceChange| {
+            (device_ids.is_empty() || device_ids.contains(&change.device_id))
+                && seen.get(&change.device_id) != Some(&(change.online, change.changed_at))
+        };
         tokio::spawn(async move {
             for change in current {
                 if tx.send(Ok(change)).await.is_err() {
