@@ -108,6 +108,19 @@ impl ferrite_commands::Presence for BrokerPresence {
     }
 }
 
+/// The embedded broker's client table as the registry's way to close a deleted or rotated device's connections:
+/// every client whose id the device may use (`{id}` or `{id}:suffix`).
+pub struct BrokerConnections(pub ferrite_broker::Clients);
+
+impl ferrite_registry::DeviceConnections for BrokerConnections {
+    fn disconnect_device<'a>(&'a self, device_id: &'a str) -> ferrite_broker::BoxFuture<'a, usize> {
+        let device_id = device_id.to_owned();
+        Box::pin(self.0.disconnect_where(move |client_id| {
+            ferrite_registry::authorizer::device_may_use_client_id(&device_id, client_id)
+        }))
+    }
+}
+
 /// Retention and the 1-minute rollup, when `--retention` is set; stopped by `shutdown`.
 pub fn start_retention(
     args: &RetentionArgs,

@@ -15,7 +15,7 @@
 //! - `grpc`: `ferrite.v1.DeviceRegistry` and `ferrite.v1.ApiTokens` (tonic), plus health and reflection.
 //! - `rest`: `/api/v1/...` (axum), `/openapi.json` (utoipa), `/healthz`, `/metrics`.
 //! - `serve`: both listeners under bounds (connections, timeouts, sizes) and the REST panic guard.
-//! - `authorizer`: [`RegistryAuthorizer`], the broker's [`ferrite_broker::Authorizer`]: credentials and topic ACL.
+//! - `authorizer`: [`RegistryAuthorizer`], the broker's [`ferrite_auth::Authorizer`]: credentials and topic ACL.
 //! - `cli`: `ferrite device ...` and `ferrite token ...`, over gRPC.
 
 #![forbid(unsafe_code)]

@@ -25,19 +25,11 @@ const PRESENCE_BUFFER: usize = 4096;
 /// Closes the live MQTT connections of a device (client id `{id}` or `{id}:suffix`) whose credentials stopped
 /// being valid: the broker checks credentials only at CONNECT, so without this a deleted device, or one whose
 /// secret was rotated because it leaked, would stay connected until it disconnects by itself.
-/// `ferrite up` wires its embedded broker in ([`ferrite_broker::Clients`] implements it).
+/// `ferrite up` wires its embedded broker in (a wrapper of the broker's client table in the binary);
+/// [`crate::authorizer::device_may_use_client_id`] says which client ids are the device's.
 pub trait DeviceConnections: Send + Sync + 'static {
     /// Closes them; returns how many were closed.
-    fn disconnect_device<'a>(&'a self, device_id: &'a str) -> ferrite_broker::BoxFuture<'a, usize>;
-}
-
-impl DeviceConnections for ferrite_broker::Clients {
-    fn disconnect_device<'a>(&'a self, device_id: &'a str) -> ferrite_broker::BoxFuture<'a, usize> {
-        let device_id = device_id.to_owned();
-        Box::pin(
-            self.disconnect_where(move |client_id| crate::authorizer::device_may_use_client_id(&device_id, client_id)),
-        )
-    }
+    fn disconnect_device<'a>(&'a self, device_id: &'a str) -> ferrite_auth::BoxFuture<'a, usize>;
 }
 
 /// Every device query selects these columns, so that one row type serves get, list, create and update.
