@@ -4,8 +4,8 @@
 use std::sync::Arc;
 
 use anyhow::Context;
+use ferrite_api::{ApiExtension, ApiGuard};
 use ferrite_mqtt::BrokerUrl;
-use ferrite_registry::{ApiExtension, ApiGuard};
 use sqlx::PgPool;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
