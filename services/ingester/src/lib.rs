@@ -16,11 +16,12 @@
 //! - [`lane`]: one session: receiving into batches, and why acknowledgements stay in arrival order.
 //! - [`writer`]: committing the sessions' batches together, then acknowledging them.
 //! - [`batch`]: turning messages into rows, dead letters and presence changes.
-//! - [`store`]: writing one batch in one transaction.
+//! - [`store`]: writing one batch in one transaction; what a write did (`outcome`, a leaf, so `trace` does not need `store`).
 //! - [`trace`]: the spans that continue a reading's trace (`ingest.message`, `ingest.commit`, `ingest.stored`).
 
 pub mod batch;
 pub mod lane;
+mod outcome;
 pub mod store;
 pub mod trace;
 pub mod writer;

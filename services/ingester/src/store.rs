@@ -13,16 +13,7 @@ use sqlx::{PgPool, Postgres, Transaction};
 
 use crate::batch::{Batch, DeadLetter, PresenceChange};
 
-/// What one write did.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Outcome {
-    pub stored: u64,
-    pub duplicates: u64,
-    pub dead_lettered: u64,
-    pub presence_updates: u64,
-    /// Rows the database refused (found by bisecting a batch), stored as dead letters (counted in `dead_lettered`).
-    pub refused: u64,
-}
+pub use crate::outcome::Outcome;
 
 /// Days of partitions kept ready behind and ahead of today, so inserts land in a daily partition.
 const PARTITION_DAYS_BACK: u32 = 1;
