@@ -161,7 +161,7 @@ async fn write_bisecting(pool: &PgPool, batch: &Batch, horizon: DateTime<Utc>) -
     let mut letters = Vec::new();
     let readings = bisect(&batch.readings, Rows::readings, pool, horizon, |reading, error| {
         letters.push(DeadLetter::new(
-            &format!("sensors/{}/{}", reading.device, reading.metric),
+            &ferrite_core::topic::build::reading(reading.device.as_str(), &reading.metric),
             &format!("{{\"value\":{},\"ts\":\"{}\"}}", reading.value, reading.ts.to_rfc3339()).into(),
             &refusal(error),
             "database",
@@ -173,7 +173,7 @@ async fn write_bisecting(pool: &PgPool, batch: &Batch, horizon: DateTime<Utc>) -
     total.refused = letters.len() as u64;
     let presence = bisect(&batch.presence, Rows::presence, pool, horizon, |change, error| {
         letters.push(DeadLetter::new(
-            &format!("devices/{}/status", change.device),
+            &ferrite_core::topic::build::status(change.device.as_str()),
             &bytes::Bytes::from_static(if change.presence == Presence::Online { b"online" } else { b"offline" }),
             &refusal(error),
             "database",
