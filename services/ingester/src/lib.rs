@@ -103,7 +103,8 @@ pub struct Config {
     pub broker: BrokerUrl,
     /// Stable per ingester instance: the broker keeps the persistent session under this id.
     pub client_id: String,
-    pub credentials: Option<(String, String)>,
+    /// Never printed: `Debug` shows the username only.
+    pub credentials: Option<ferrite_core::Credentials>,
     /// The `$share/{group}/...` group; `None` subscribes directly (one ingester only).
     pub shared_group: Option<String>,
     pub qos: QoS,
@@ -144,7 +145,7 @@ impl Config {
     /// The session configuration of session `index`: persistent, manual acks, our subscriptions.
     pub fn session_config(&self, index: usize) -> SessionConfig {
         let mut session = SessionConfig::new(self.broker.clone(), self.session_client_id(index));
-        session.credentials = self.credentials.clone();
+        session.credentials = self.credentials.clone().map(ferrite_core::Credentials::into_pair);
         session.clean_start = false;
         session.session_expiry = Some(SESSION_EXPIRY_SECS);
         session.manual_acks = true;

@@ -376,7 +376,7 @@ async fn presence_stream_reports_a_device_whose_socket_dies() -> anyhow::Result<
 
     // The ingester turns `devices/+/status` into presence rows, with its service account.
     let mut ingest = ferrite_ingester::Config::new(setup.broker.url());
-    ingest.credentials = Some(("service:ingester".into(), INGESTER_SECRET.into()));
+    ingest.credentials = Some(ferrite_core::Credentials::new("service:ingester", INGESTER_SECRET));
     ingest.client_id = "ferrite-ingester-test".into();
     let ingester = ferrite_ingester::Ingester::bind(ingest, setup.service.pool().clone()).await?;
     let stop = CancellationToken::new();
@@ -460,7 +460,7 @@ async fn mosquitto_pub_with_issued_credentials_gets_its_reading_stored() -> anyh
     let authorizer = Arc::new(RegistryAuthorizer::new(registry.service.clone(), config)?);
     let broker = TestBroker::start_with(|config| config.authorizer = authorizer).await?;
     let mut ingest = ferrite_ingester::Config::new(broker.url());
-    ingest.credentials = Some(("service:ingester".into(), INGESTER_SECRET.into()));
+    ingest.credentials = Some(ferrite_core::Credentials::new("service:ingester", INGESTER_SECRET));
     let ingester = ferrite_ingester::Ingester::bind(ingest, registry.pool().clone()).await?;
     let stop = CancellationToken::new();
     let ingesting = tokio::spawn(ingester.run(stop.clone()));
