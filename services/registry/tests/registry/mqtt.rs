@@ -6,7 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ferrite_registry::{AuthorizerConfig, RegistryAuthorizer, RegistryService, ServiceAccount, ServiceRole};
-use ferrite_testkit::{TestBroker, TestDb, WAIT_DEADLINE};
+use ferrite_testkit::{TestDb, WAIT_DEADLINE};
+use ferrite_testkit_broker::TestBroker;
 use rumqttc::v5::mqttbytes::QoS as V5QoS;
 use rumqttc::v5::mqttbytes::v5::{ConnectReturnCode as V5Code, LastWill as V5Will, Packet as V5Packet};
 use rumqttc::v5::mqttbytes::v5::{PubAckReason, SubscribeReasonCode as V5SubCode};
