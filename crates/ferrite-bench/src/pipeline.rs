@@ -16,10 +16,11 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::PipelineArgs;
+use crate::progress::Counters;
 use crate::progress::Progress;
 use crate::sampler::Sampler;
 use crate::stats::{BrokerUsage, Latencies, LatencySummary, Pipeline};
-use crate::traffic::{Body, Counters, Publisher, connect_all};
+use crate::traffic::{Body, Publisher, connect_all};
 use crate::wire::ConnectOptions;
 
 /// How often the row count is polled.

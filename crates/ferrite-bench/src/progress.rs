@@ -1,12 +1,19 @@
 //! The progress bar while a run goes (on stderr, hidden when stderr is not a terminal or with --quiet).
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use crate::traffic::Counters;
+/// Live counters for the progress bar and the drain.
+#[derive(Default)]
+pub struct Counters {
+    pub sent: AtomicU64,
+    pub delivered: AtomicU64,
+    /// Nanoseconds since the run's epoch of the last delivery seen.
+    pub last_delivery_ns: AtomicU64,
+}
 
 /// How often the bar's rates are refreshed.
 const TICK: Duration = Duration::from_millis(250);

@@ -2,7 +2,7 @@
 //! connection and task.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -13,7 +13,7 @@ use tokio::time::{Instant, sleep, sleep_until};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Shape, TrafficPlan};
-use crate::progress::Progress;
+use crate::progress::{Counters, Progress};
 use crate::sampler::Sampler;
 use crate::stamp::{SeqTracker, Stamp};
 use crate::stats::{Latencies, Traffic};
@@ -31,15 +31,6 @@ const CONNECT_CONCURRENCY: usize = 32;
 /// Pause between the last SUBACK and the first publish, so a broker that installs subscriptions
 /// asynchronously (shared groups, clusters) routes the first messages too.
 const SETTLE: Duration = Duration::from_millis(200);
-
-/// Live counters for the progress bar and the drain.
-#[derive(Default)]
-pub struct Counters {
-    pub sent: AtomicU64,
-    pub delivered: AtomicU64,
-    /// Nanoseconds since the run's epoch of the last delivery seen.
-    pub last_delivery_ns: AtomicU64,
-}
 
 /// What one subscriber measured.
 #[derive(Default)]

@@ -2,7 +2,7 @@
 
 use clap::Parser;
 use ferrite_bench::{BenchArgs, BenchCommand, Shape};
-use ferrite_testkit::TestBroker;
+use ferrite_testkit_broker::TestBroker;
 
 #[derive(Parser)]
 struct Cli {

@@ -2,6 +2,40 @@
 
 use crate::device::{DeviceId, is_valid_name};
 
+/// The topics of the contract, built in one place (the inverse of [`Topic::parse`]); `device` and `metric` are
+/// written as given, so callers pass ids that have been checked already.
+pub mod build {
+    /// `sensors/{device}/{metric}`: one reading.
+    pub fn reading(device: &str, metric: &str) -> String {
+        format!("sensors/{device}/{metric}")
+    }
+
+    /// `sensors/+/{metric}`: every device's readings of one metric.
+    pub fn reading_filter_for_metric(metric: &str) -> String {
+        format!("sensors/+/{metric}")
+    }
+
+    /// `devices/{device}/status`: retained `online` / `offline`.
+    pub fn status(device: &str) -> String {
+        format!("devices/{device}/status")
+    }
+
+    /// `commands/{device}`: a command to a device.
+    pub fn command(device: &str) -> String {
+        format!("commands/{device}")
+    }
+
+    /// `commands/{device}/response`: a device's answer.
+    pub fn command_response(device: &str) -> String {
+        format!("commands/{device}/response")
+    }
+
+    /// `alerts/{device}`: an alert raised by the platform.
+    pub fn alert(device: &str) -> String {
+        format!("alerts/{device}")
+    }
+}
+
 /// A topic, classified by the contract.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Topic<'a> {

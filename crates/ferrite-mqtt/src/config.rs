@@ -76,8 +76,8 @@ impl fmt::Display for BrokerUrl {
     }
 }
 
-/// What a [`crate::Session`] connects with.
-#[derive(Clone, Debug)]
+/// What a [`crate::Session`] connects with. `Debug` shows the username, never the password.
+#[derive(Clone)]
 pub struct SessionConfig {
     pub broker: BrokerUrl,
     pub client_id: String,
@@ -102,6 +102,26 @@ pub struct SessionConfig {
     /// MQTT 5 Receive Maximum: how many QoS 1/2 messages the broker may have in flight to us.
     /// A consumer that acknowledges in batches needs at least its batch size.
     pub receive_maximum: Option<u16>,
+}
+
+impl std::fmt::Debug for SessionConfig {
+    // By hand: the credentials hold a password (`ferrite_core::Credentials` is the type that cannot show it).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionConfig")
+            .field("broker", &self.broker)
+            .field("client_id", &self.client_id)
+            .field("username", &self.credentials.as_ref().map(|(user, _)| user))
+            .field("clean_start", &self.clean_start)
+            .field("session_expiry", &self.session_expiry)
+            .field("keep_alive", &self.keep_alive)
+            .field("last_will", &self.last_will)
+            .field("subscriptions", &self.subscriptions)
+            .field("manual_acks", &self.manual_acks)
+            .field("max_unacked", &self.max_unacked)
+            .field("max_packet_size", &self.max_packet_size)
+            .field("receive_maximum", &self.receive_maximum)
+            .finish()
+    }
 }
 
 impl SessionConfig {

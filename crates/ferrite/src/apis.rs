@@ -4,8 +4,8 @@
 use std::sync::Arc;
 
 use anyhow::Context;
+use ferrite_api::{ApiExtension, ApiGuard};
 use ferrite_mqtt::BrokerUrl;
-use ferrite_registry::{ApiExtension, ApiGuard};
 use sqlx::PgPool;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -105,6 +105,19 @@ pub struct BrokerPresence(pub ferrite_broker::Clients);
 impl ferrite_commands::Presence for BrokerPresence {
     fn is_connected<'a>(&'a self, device_id: &'a str) -> ferrite_commands::PresenceFuture<'a> {
         Box::pin(self.0.is_connected(device_id))
+    }
+}
+
+/// The embedded broker's client table as the registry's way to close a deleted or rotated device's connections:
+/// every client whose id the device may use (`{id}` or `{id}:suffix`).
+pub struct BrokerConnections(pub ferrite_broker::Clients);
+
+impl ferrite_registry::DeviceConnections for BrokerConnections {
+    fn disconnect_device<'a>(&'a self, device_id: &'a str) -> ferrite_broker::BoxFuture<'a, usize> {
+        let device_id = device_id.to_owned();
+        Box::pin(self.0.disconnect_where(move |client_id| {
+            ferrite_registry::authorizer::device_may_use_client_id(&device_id, client_id)
+        }))
     }
 }
 

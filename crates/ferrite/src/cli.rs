@@ -547,7 +547,7 @@ impl IngestArgs {
     pub fn config(&self, broker: BrokerUrl, credentials: Option<(String, String)>) -> ferrite_ingester::Config {
         let mut config = ferrite_ingester::Config::new(broker);
         config.client_id = self.client_id.clone();
-        config.credentials = credentials;
+        config.credentials = credentials.map(ferrite_core::Credentials::from);
         config.shared_group = (self.shared_group != "none").then(|| self.shared_group.clone());
         config.qos = self.ingest_qos.into();
         config.batch_size = self.batch_size;

@@ -118,7 +118,7 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         registry_authorizer(service.clone(), &broker_config, args.api.allow_anonymous, accounts)?;
     let broker = Broker::bind(broker_config).await.context("cannot start the broker")?;
     // Deleting or rotating a device closes its live connections; commands ask the broker who is connected.
-    service.set_device_connections(Arc::new(broker.clients()));
+    service.set_device_connections(Arc::new(apis::BrokerConnections(broker.clients())));
     let clients = broker.clients();
     let presence: Arc<dyn ferrite_commands::Presence> = Arc::new(apis::BrokerPresence(clients.clone()));
     let provisioner = Arc::new(RegistryProvisioner(service.clone()));

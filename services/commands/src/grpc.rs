@@ -3,9 +3,9 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use ferrite_api::ApiGuard;
 use ferrite_proto::v1 as pb;
 use ferrite_proto::v1::commands_server::{Commands, CommandsServer};
-use ferrite_registry::ApiGuard;
 use prost_types::value::Kind;
 use serde_json::Value;
 use tonic::{Request, Response, Status};

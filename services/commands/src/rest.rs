@@ -1,5 +1,5 @@
 //! The REST face: `/api/v1/devices/{id}/commands` and `/api/v1/commands/{id}` over [`CommandService`], their OpenAPI
-//! document, and the HTTP status of each [`CommandError`] (`ferrite_registry::http`).
+//! document, and the HTTP status of each [`CommandError`] (`ferrite_api::http`).
 //! The registry serves these routes behind its token check.
 
 use axum::Router;
@@ -8,7 +8,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use chrono::{DateTime, Utc};
-use ferrite_registry::http::{ApiError, ErrorBody, Json, Path, Query};
+use ferrite_api::http::{ApiError, ErrorBody, Json, Path, Query};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::{IntoParams, OpenApi, ToSchema};

@@ -148,13 +148,13 @@ impl CommandService {
         });
         let payload = serde_json::json!({"id": id, "name": request.name, "params": params});
         let properties = PublishProperties {
-            response_topic: Some(format!("commands/{device}/response")),
+            response_topic: Some(ferrite_core::topic::build::command_response(device.as_str())),
             correlation_data: Some(Bytes::from(id.to_string())),
             content_type: Some("application/json".into()),
             message_expiry_interval: Some(u32::try_from(self.limits.offline_expiry.as_secs()).unwrap_or(u32::MAX)),
             ..PublishProperties::default()
         };
-        let topic = format!("commands/{device}");
+        let topic = ferrite_core::topic::build::command(device.as_str());
         if let Err(err) =
             self.session.publish(topic, QoS::AtLeastOnce, false, payload.to_string(), Some(properties)).await
         {

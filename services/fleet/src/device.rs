@@ -69,12 +69,12 @@ impl Device {
         config.clean_start = false;
         config.session_expiry = Some(SESSION_EXPIRY_SECS);
         config.last_will = Some(LastWill::new(self.status_topic(), "offline", QoS::AtLeastOnce, true, None));
-        config.subscriptions = vec![(format!("commands/{}", self.id), QoS::AtLeastOnce)];
+        config.subscriptions = vec![(ferrite_core::topic::build::command(&self.id), QoS::AtLeastOnce)];
         config
     }
 
     fn status_topic(&self) -> String {
-        format!("devices/{}/status", self.id)
+        ferrite_core::topic::build::status(&self.id)
     }
 
     /// Runs the device until shutdown or until it has sent its `count` of readings.
@@ -184,7 +184,7 @@ impl Device {
                         return Ending::Drop;
                     }
                     if self.rng.f64() < faults.bad_payload_rate {
-                        let topic = format!("sensors/{}/temperature", self.id);
+                        let topic = ferrite_core::topic::build::reading(&self.id, "temperature");
                         let _ = session.publish(topic, self.config.qos, false, "{\"value\": \"warm\"}", None).await;
                         self.stats.bad_payloads.fetch_add(1, Ordering::Relaxed);
                     }
@@ -208,7 +208,7 @@ impl Device {
         for idx in 0..self.walks.len() {
             let value = self.walks[idx].next(&mut self.rng);
             let walk = &self.walks[idx];
-            let topic = format!("sensors/{}/{}", self.id, walk.metric);
+            let topic = ferrite_core::topic::build::reading(&self.id, walk.metric);
             let payload = format!(r#"{{"value":{value},"ts":{ts},"unit":"{}"}}"#, walk.unit);
             // Each reading starts its own trace, carried to the ingester and the gateway in MQTT 5 user
             // properties. Without span export there is no span and no property: the load generator pays nothing.
@@ -246,7 +246,7 @@ impl Device {
         let properties = message.publish.properties.as_ref();
         let topic = properties
             .and_then(|p| p.response_topic.clone())
-            .unwrap_or_else(|| format!("commands/{}/response", self.id));
+            .unwrap_or_else(|| ferrite_core::topic::build::command_response(&self.id));
         let reply_props = properties.and_then(|p| p.correlation_data.clone()).map(|correlation| PublishProperties {
             correlation_data: Some(correlation),
             content_type: Some("application/json".into()),

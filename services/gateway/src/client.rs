@@ -440,8 +440,8 @@ mod tests {
 
     /// A gateway that is bound but not run, with a real broker that answers its subscriptions.
     /// The gateway is returned too: its session lives while the gateway's event receiver does.
-    async fn live_state() -> ((ferrite_testkit::TestBroker, Gateway), GatewayState) {
-        let broker = ferrite_testkit::TestBroker::start().await.expect("a test broker");
+    async fn live_state() -> ((ferrite_testkit_broker::TestBroker, Gateway), GatewayState) {
+        let broker = ferrite_testkit_broker::TestBroker::start().await.expect("a test broker");
         let mut config = Config::new(broker.url());
         config.http_addr = "127.0.0.1:0".parse().expect("valid address");
         let gateway = Gateway::bind(config).await.expect("binds");

@@ -28,7 +28,7 @@ use axum::extract::ws::Utf8Bytes;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use chrono::{DateTime, SecondsFormat, TimeZone, Utc};
-use ferrite_core::{Presence, Topic, parse_presence, parse_readings};
+use ferrite_core::{AlertMessage, Presence, Topic, parse_presence, parse_readings};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -153,48 +153,12 @@ fn raw(topic: &str, payload: &[u8], error: Option<String>) -> Frame {
     ServerMessage::MqttMessage { topic, payload, encoding, error }.frame()
 }
 
-/// The alert payload of DESIGN.md; every field is optional so that a sparse alert still shows.
-#[derive(Deserialize)]
-struct AlertPayload {
-    #[serde(default)]
-    message: Option<String>,
-    #[serde(default)]
-    severity: Option<String>,
-    #[serde(default)]
-    ts: Option<Value>,
-    #[serde(default)]
-    rule: Option<Value>,
-    #[serde(default)]
-    metric: Option<Value>,
-    #[serde(default)]
-    value: Option<Value>,
-    #[serde(default)]
-    state: Option<Value>,
-}
-
 /// The severity of an alert that names none.
 const DEFAULT_SEVERITY: &str = "warning";
 
 fn alert(topic: &str, device_id: &str, payload: &[u8], received_at: DateTime<Utc>) -> Result<Frame, String> {
-    let text = std::str::from_utf8(payload).map_err(|_| "alert payload is not text".to_owned())?;
-    let trimmed = text.trim();
-    if trimmed.is_empty() {
-        return Err("empty alert".into());
-    }
-    // Plain text (`mosquitto_pub -t alerts/door -m "door open"`) is an alert whose message is that text.
-    let alert = if trimmed.starts_with('{') {
-        serde_json::from_str::<AlertPayload>(trimmed).map_err(|error| format!("invalid alert JSON: {error}"))?
-    } else {
-        AlertPayload {
-            message: Some(trimmed.to_owned()),
-            severity: None,
-            ts: None,
-            rule: None,
-            metric: None,
-            value: None,
-            state: None,
-        }
-    };
+    // The one alert shape (`ferrite_core::AlertMessage`); plain text is an alert whose message is that text.
+    let alert = AlertMessage::parse(payload).map_err(|error| error.to_string())?;
     let message = alert.message.unwrap_or_else(|| match &alert.rule {
         Some(Value::String(rule)) => format!("rule {rule} fired"),
         _ => "alert".to_owned(),

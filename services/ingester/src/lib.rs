@@ -16,11 +16,12 @@
 //! - [`lane`]: one session: receiving into batches, and why acknowledgements stay in arrival order.
 //! - [`writer`]: committing the sessions' batches together, then acknowledging them.
 //! - [`batch`]: turning messages into rows, dead letters and presence changes.
-//! - [`store`]: writing one batch in one transaction.
+//! - [`store`]: writing one batch in one transaction; what a write did (`outcome`, a leaf, so `trace` does not need `store`).
 //! - [`trace`]: the spans that continue a reading's trace (`ingest.message`, `ingest.commit`, `ingest.stored`).
 
 pub mod batch;
 pub mod lane;
+mod outcome;
 pub mod store;
 pub mod trace;
 pub mod writer;
@@ -102,7 +103,8 @@ pub struct Config {
     pub broker: BrokerUrl,
     /// Stable per ingester instance: the broker keeps the persistent session under this id.
     pub client_id: String,
-    pub credentials: Option<(String, String)>,
+    /// Never printed: `Debug` shows the username only.
+    pub credentials: Option<ferrite_core::Credentials>,
     /// The `$share/{group}/...` group; `None` subscribes directly (one ingester only).
     pub shared_group: Option<String>,
     pub qos: QoS,
@@ -143,7 +145,7 @@ impl Config {
     /// The session configuration of session `index`: persistent, manual acks, our subscriptions.
     pub fn session_config(&self, index: usize) -> SessionConfig {
         let mut session = SessionConfig::new(self.broker.clone(), self.session_client_id(index));
-        session.credentials = self.credentials.clone();
+        session.credentials = self.credentials.clone().map(ferrite_core::Credentials::into_pair);
         session.clean_start = false;
         session.session_expiry = Some(SESSION_EXPIRY_SECS);
         session.manual_acks = true;

@@ -13,16 +13,7 @@ use sqlx::{PgPool, Postgres, Transaction};
 
 use crate::batch::{Batch, DeadLetter, PresenceChange};
 
-/// What one write did.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Outcome {
-    pub stored: u64,
-    pub duplicates: u64,
-    pub dead_lettered: u64,
-    pub presence_updates: u64,
-    /// Rows the database refused (found by bisecting a batch), stored as dead letters (counted in `dead_lettered`).
-    pub refused: u64,
-}
+pub use crate::outcome::Outcome;
 
 /// Days of partitions kept ready behind and ahead of today, so inserts land in a daily partition.
 const PARTITION_DAYS_BACK: u32 = 1;
@@ -170,7 +161,7 @@ async fn write_bisecting(pool: &PgPool, batch: &Batch, horizon: DateTime<Utc>) -
     let mut letters = Vec::new();
     let readings = bisect(&batch.readings, Rows::readings, pool, horizon, |reading, error| {
         letters.push(DeadLetter::new(
-            &format!("sensors/{}/{}", reading.device, reading.metric),
+            &ferrite_core::topic::build::reading(reading.device.as_str(), &reading.metric),
             &format!("{{\"value\":{},\"ts\":\"{}\"}}", reading.value, reading.ts.to_rfc3339()).into(),
             &refusal(error),
             "database",
@@ -182,7 +173,7 @@ async fn write_bisecting(pool: &PgPool, batch: &Batch, horizon: DateTime<Utc>) -
     total.refused = letters.len() as u64;
     let presence = bisect(&batch.presence, Rows::presence, pool, horizon, |change, error| {
         letters.push(DeadLetter::new(
-            &format!("devices/{}/status", change.device),
+            &ferrite_core::topic::build::status(change.device.as_str()),
             &bytes::Bytes::from_static(if change.presence == Presence::Online { b"online" } else { b"offline" }),
             &refusal(error),
             "database",

@@ -24,7 +24,7 @@ use ferrite_telemetry::propagation;
 use tracing::Span;
 use tracing::field::Empty;
 
-use crate::store::Outcome;
+use crate::outcome::Outcome;
 
 /// Links from one `ingest.commit` to its messages' spans: the OpenTelemetry SDK's default limit of links
 /// per span (`OTEL_SPAN_LINK_COUNT_LIMIT`), beyond which it would drop them anyway.

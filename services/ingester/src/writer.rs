@@ -190,7 +190,7 @@ async fn commit(
 
 /// `ferrite_ingester_dead_letters_total{reason}`: the batch's own dead letters by kind, and the rows the database
 /// refused (`reason="database"`). `rows` still holds the dead letters parsed before the write.
-fn count_dead_letters(rows: &Batch, outcome: &store::Outcome) {
+fn count_dead_letters(rows: &Batch, outcome: &crate::outcome::Outcome) {
     let mut kinds: Vec<(&'static str, u64)> = Vec::new();
     for letter in &rows.dead_letters {
         match kinds.iter_mut().find(|(kind, _)| *kind == letter.kind) {

@@ -11,7 +11,8 @@ use anyhow::Context;
 use ferrite_fleet::Fleet;
 use ferrite_ingester::{Ingester, Stats};
 use ferrite_mqtt::{BrokerUrl, Event, QoS, Session, SessionConfig};
-use ferrite_testkit::{TestBroker, TestDb, TestMosquitto, wait_for};
+use ferrite_testkit::{TestDb, TestMosquitto, wait_for};
+use ferrite_testkit_broker::TestBroker;
 use tokio_util::sync::CancellationToken;
 
 /// Starts an ingester with the given client id; returns its stats, stop token and task.

@@ -6,11 +6,11 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use chrono::{DateTime, TimeDelta, Utc};
+use ferrite_api::ApiGuard;
 use ferrite_core::{DeviceId, Reading};
 use ferrite_mqtt::Queue;
 use ferrite_proto::v1 as pb;
 use ferrite_proto::v1::telemetry_server::Telemetry;
-use ferrite_registry::ApiGuard;
 use futures::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 

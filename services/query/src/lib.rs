@@ -3,7 +3,7 @@
 //!
 //! The crate binds no port: DESIGN.md puts every `/api/v1/...` route on the registry's REST port and every `ferrite.v1`
 //! service on its gRPC port, so [`Telemetry::extension`] hands the REST routes, the `ferrite.v1.Telemetry` gRPC service
-//! and their OpenAPI description to [`ferrite_registry::Registry::with_extension`], behind the registry's token check.
+//! and their OpenAPI description to the registry (`ferrite_registry::Registry::with_extension`), behind the registry's token check.
 //!
 //! # Layout
 //! - `model`: queries and their validation (ranges, buckets, aggregates, limits, cursors), the result types.
@@ -26,8 +26,8 @@ pub mod retention;
 pub mod rollup;
 mod service;
 
+use ferrite_api::{ApiExtension, ApiGuard};
 use ferrite_proto::v1::telemetry_server::TelemetryServer;
-use ferrite_registry::{ApiExtension, ApiGuard};
 use sqlx::PgPool;
 
 pub use error::QueryError;
@@ -65,11 +65,11 @@ impl Telemetry {
     /// The gRPC service `ferrite.v1.Telemetry`, checking tokens with `guard`.
     pub fn grpc(&self, guard: ApiGuard) -> TelemetryServer<GrpcFace> {
         TelemetryServer::new(GrpcFace::new(self.service.clone(), self.live.clone(), guard))
-            .max_decoding_message_size(ferrite_registry::GRPC_MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(ferrite_registry::GRPC_MAX_MESSAGE_BYTES)
+            .max_decoding_message_size(ferrite_api::GRPC_MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(ferrite_api::GRPC_MAX_MESSAGE_BYTES)
     }
 
-    /// The REST routes, the gRPC service and the OpenAPI paths, for [`ferrite_registry::Registry::with_extension`].
+    /// The REST routes, the gRPC service and the OpenAPI paths, for the registry (`ferrite_registry::Registry::with_extension`).
     pub fn extension(&self, guard: ApiGuard) -> ApiExtension {
         self.extend(ApiExtension::new(), guard)
     }

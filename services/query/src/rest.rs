@@ -1,16 +1,16 @@
 //! The REST face: `GET /api/v1/devices/{id}/telemetry` and `GET /api/v1/devices/{id}/latest` over
-//! [`TelemetryService`], their OpenAPI description, and the HTTP status of each [`QueryError`] (`ferrite_registry::http`).
+//! [`TelemetryService`], their OpenAPI description, and the HTTP status of each [`QueryError`] (`ferrite_api::http`).
 //!
-//! The registry serves these routes behind its token check (an [`ferrite_registry::ApiExtension`]).
+//! The registry serves these routes behind its token check (an [`ferrite_api::ApiExtension`]).
 
 use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
 use chrono::{DateTime, Utc};
+pub use ferrite_api::http::ErrorBody;
+use ferrite_api::http::{ApiError, Path, Query};
 use ferrite_core::DeviceId;
-pub use ferrite_registry::http::ErrorBody;
-use ferrite_registry::http::{ApiError, Path, Query};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, OpenApi, ToSchema};
 

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use ferrite_broker::{AuthDecision, Authorizer, BoxFuture, DenyReason, Identity, Principal};
+use ferrite_auth::{AuthDecision, Authorizer, BoxFuture, DenyReason, Identity, Principal};
 use ferrite_core::filter_covers;
 use secrecy::{ExposeSecret, SecretString};
 

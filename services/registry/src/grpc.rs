@@ -12,11 +12,11 @@ use secrecy::ExposeSecret;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use crate::access::ApiAccess;
 use crate::model::{
     ApiToken, Device, DeviceChanges, DeviceFilter, IssuedCredentials, NewDevice, PageRequest, PresenceChange,
 };
 use crate::{RegistryError, RegistryService};
+use ferrite_api::ApiGuard;
 
 impl From<RegistryError> for Status {
     fn from(err: RegistryError) -> Self {
@@ -41,20 +41,16 @@ impl From<RegistryError> for Status {
 #[derive(Clone)]
 pub(crate) struct GrpcFace {
     service: RegistryService,
-    access: ApiAccess,
+    guard: ApiGuard,
 }
 
 impl GrpcFace {
-    pub(crate) fn new(service: RegistryService, access: ApiAccess) -> Self {
-        GrpcFace { service, access }
+    pub(crate) fn new(service: RegistryService, guard: ApiGuard) -> Self {
+        GrpcFace { service, guard }
     }
 
     async fn authorize<T>(&self, request: &Request<T>) -> Result<(), Status> {
-        let authorization = match request.metadata().get("authorization") {
-            Some(value) => Some(value.to_str().map_err(|_| Status::from(RegistryError::Unauthenticated))?),
-            None => None,
-        };
-        Ok(self.access.check(authorization).await?)
+        self.guard.check(request).await
     }
 }
 

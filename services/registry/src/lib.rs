@@ -11,11 +11,11 @@
 //! - `secret`: device secrets (argon2) and API tokens (SHA-256).
 //! - `cache`: the short-lived cache of credential checks behind the broker's authorizer.
 //! - `presence`: the LISTEN/NOTIFY feed behind presence watches.
-//! - `access`: the API token check shared by both faces.
+//! - `access`: the token table as the API host's `TokenAuthority`, behind the `ApiGuard` both faces and extensions share.
 //! - `grpc`: `ferrite.v1.DeviceRegistry` and `ferrite.v1.ApiTokens` (tonic), plus health and reflection.
 //! - `rest`: `/api/v1/...` (axum), `/openapi.json` (utoipa), `/healthz`, `/metrics`.
 //! - `serve`: both listeners under bounds (connections, timeouts, sizes) and the REST panic guard.
-//! - `authorizer`: [`RegistryAuthorizer`], the broker's [`ferrite_broker::Authorizer`]: credentials and topic ACL.
+//! - `authorizer`: [`RegistryAuthorizer`], the broker's [`ferrite_auth::Authorizer`]: credentials and topic ACL.
 //! - `cli`: `ferrite device ...` and `ferrite token ...`, over gRPC.
 
 #![forbid(unsafe_code)]
@@ -26,9 +26,7 @@ mod cache;
 pub mod cli;
 mod cors;
 mod error;
-mod extension;
 mod grpc;
-pub mod http;
 pub mod model;
 pub mod presence;
 mod rest;
@@ -50,7 +48,9 @@ use tokio_util::sync::CancellationToken;
 
 pub use authorizer::{AuthorizerConfig, RegistryAuthorizer, ServiceAccount, ServiceRole};
 pub use error::RegistryError;
-pub use extension::{ApiExtension, ApiGuard};
+/// The API host's contract lives in `ferrite-api` (so the services beside the registry do not depend on it);
+/// re-exported under the paths the registry has always offered.
+pub use ferrite_api::{ApiExtension, ApiGuard, http};
 pub use model::{
     ApiToken, Device, DeviceChanges, DeviceFilter, IssuedCredentials, IssuedToken, NewDevice, Page, PageRequest,
     PresenceChange, PresenceState,
@@ -63,7 +63,6 @@ pub use serve::{
 };
 pub use service::{DeviceConnections, RegistryService};
 
-use crate::access::ApiAccess;
 use crate::grpc::GrpcFace;
 
 /// The registry's gRPC port (DESIGN.md).
@@ -186,7 +185,7 @@ impl Registry {
 
     /// The API token check these ports use, for the services of an [`ApiExtension`].
     pub fn api_guard(&self) -> ApiGuard {
-        ApiGuard::new(ApiAccess::new(self.service.clone(), self.token_required))
+        ApiGuard::new(std::sync::Arc::new(self.service.clone()), self.token_required)
     }
 
     /// Lets web pages of these origins call the REST API from a browser (CORS), besides pages of the API's own
@@ -212,8 +211,9 @@ impl Registry {
     /// finish, and returns.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), RegistryError> {
         let Registry { service, grpc, rest, presence, token_required, extension, limits, browser_origins, .. } = self;
-        let ApiExtension { rest: extra_rest, grpc: extra_grpc, grpc_names, openapi: extra_openapi } = extension;
-        let access = ApiAccess::new(service.clone(), token_required);
+        let ferrite_api::ExtensionParts { rest: extra_rest, grpc: extra_grpc, grpc_names, openapi: extra_openapi } =
+            extension.into_parts();
+        let guard = ApiGuard::new(std::sync::Arc::new(service.clone()), token_required);
         // If one server fails the other stops too, rather than serving half a registry.
         let stop = shutdown.child_token();
         let presence = tokio::spawn(presence.run(stop.clone()));
@@ -235,7 +235,7 @@ impl Registry {
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .build_v1alpha()
             .map_err(|err| RegistryError::Internal(format!("reflection: {err}")))?;
-        let face = GrpcFace::new(service.clone(), access.clone());
+        let face = GrpcFace::new(service.clone(), guard.clone());
         let grpc_server = tonic::transport::Server::builder()
             .timeout(serve::GRPC_REQUEST_TIMEOUT)
             .concurrency_limit_per_connection(serve::GRPC_CONCURRENCY_PER_CONNECTION)
@@ -268,7 +268,7 @@ impl Registry {
         };
         let rest_server = serve::serve_rest(
             rest,
-            rest::router(service.clone(), access, extra_rest, extra_openapi)
+            rest::router(service.clone(), guard, extra_rest, extra_openapi)
                 .layer(axum::middleware::from_fn_with_state(Arc::new(browser_origins), cors::cors)),
             limits,
             stop.clone(),

@@ -1,12 +1,11 @@
 //! The REST face: `/api/v1/devices...` and `/api/v1/tokens...` over [`RegistryService`], the OpenAPI document
-//! generated from these handlers, and the HTTP status of each [`RegistryError`] (the JSON error plumbing is `crate::http`).
+//! generated from these handlers, and the HTTP status of each [`RegistryError`] (the JSON error plumbing is `ferrite_api::http`).
 
 use std::convert::Infallible;
 
 use axum::Router;
-use axum::extract::{Request, State};
+use axum::extract::State;
 use axum::http::{StatusCode, header};
-use axum::middleware::Next;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -17,13 +16,13 @@ use tokio_stream::wrappers::ReceiverStream;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{IntoParams, OpenApi, ToSchema};
 
-use crate::access::ApiAccess;
-use crate::http::{ApiError, ErrorBody, Json, Path, Query};
 use crate::model::{
     ApiToken, Device, DeviceChanges, DeviceFilter, IssuedCredentials, NewDevice, PageRequest, PresenceChange,
     PresenceEvent,
 };
 use crate::{RegistryError, RegistryService};
+use ferrite_api::ApiGuard;
+use ferrite_api::http::{ApiError, ErrorBody, Json, Path, Query};
 
 impl From<RegistryError> for ApiError {
     fn from(err: RegistryError) -> Self {
@@ -46,24 +45,23 @@ impl From<RegistryError> for ApiError {
 #[derive(Clone)]
 struct RestState {
     service: RegistryService,
-    access: ApiAccess,
 }
 
 /// The registry's HTTP routes: the API under `/api/v1` (token checked), `/openapi.json`, `/healthz` and `/metrics`.
 pub(crate) fn router(
     service: RegistryService,
-    access: ApiAccess,
+    guard: ApiGuard,
     extension: Router,
     extension_openapi: Option<utoipa::openapi::OpenApi>,
 ) -> Router {
-    let state = RestState { service, access };
+    let state = RestState { service };
     let mut document = openapi();
     if let Some(extra) = extension_openapi {
         document.merge(extra);
     }
     // axum refuses a route layer on a router without routes.
     let extension = match extension.has_routes() {
-        true => extension.route_layer(axum::middleware::from_fn_with_state(state.clone(), require_token)),
+        true => extension.route_layer(axum::middleware::from_fn_with_state(guard.clone(), ferrite_api::require_token)),
         false => extension,
     };
     let api = Router::new()
@@ -75,7 +73,7 @@ pub(crate) fn router(
         .route("/api/v1/tokens", get(list_tokens).post(create_token))
         .route("/api/v1/tokens/{id}", axum::routing::delete(revoke_token))
         // A route layer runs only for matched routes, so an unknown path is a 404, not a 401.
-        .route_layer(axum::middleware::from_fn_with_state(state.clone(), require_token))
+        .route_layer(axum::middleware::from_fn_with_state(guard, ferrite_api::require_token))
         .with_state(state)
         .merge(extension);
     api.route("/openapi.json", get(move || async move { axum::Json(document) }))
@@ -83,15 +81,6 @@ pub(crate) fn router(
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such route") })
         .method_not_allowed_fallback(|| async { ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed") })
         .layer(axum::middleware::from_fn(crate::trace::http_span))
-}
-
-async fn require_token(State(state): State<RestState>, request: Request, next: Next) -> Result<Response, ApiError> {
-    let authorization = match request.headers().get(header::AUTHORIZATION) {
-        Some(value) => Some(value.to_str().map_err(|_| RegistryError::Unauthenticated)?),
-        None => None,
-    };
-    state.access.check(authorization).await?;
-    Ok(next.run(request).await)
 }
 
 /// The OpenAPI 3 document of the REST API, generated from the handlers below.

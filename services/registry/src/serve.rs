@@ -38,7 +38,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::server::{Connected, TcpConnectInfo};
 use tower::ServiceExt;
 
-use crate::http::ApiError;
+use ferrite_api::http::ApiError;
 
 /// Connections each listener (REST, gRPC) serves at once unless `--api-max-connections` says otherwise.
 /// Well below the usual descriptor limits, so that a flood of API clients leaves the broker its sockets.
@@ -78,8 +78,9 @@ pub const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
 /// answers the pings, so only a silent socket (e.g. one that never finishes the HTTP/2 preface) gets here.
 pub const GRPC_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
-/// gRPC: the largest message decoded or encoded (tonic's decoding default, now also bounding what we send).
-pub const GRPC_MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
+/// gRPC: the largest message decoded or encoded (tonic's decoding default, now also bounding what we send);
+/// the API host's one limit, shared with the services served beside the registry.
+pub use ferrite_api::GRPC_MAX_MESSAGE_BYTES;
 
 /// After a failed `accept` (e.g. out of descriptors) the listener pauses this long instead of spinning.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);

@@ -1,5 +1,6 @@
 //! [`RegistryService`]: the one implementation of every registry operation; REST and gRPC only translate.
 
+use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 
 use chrono::{DateTime, Utc};
@@ -24,19 +25,11 @@ const PRESENCE_BUFFER: usize = 4096;
 /// Closes the live MQTT connections of a device (client id `{id}` or `{id}:suffix`) whose credentials stopped
 /// being valid: the broker checks credentials only at CONNECT, so without this a deleted device, or one whose
 /// secret was rotated because it leaked, would stay connected until it disconnects by itself.
-/// `ferrite up` wires its embedded broker in ([`ferrite_broker::Clients`] implements it).
+/// `ferrite up` wires its embedded broker in (a wrapper of the broker's client table in the binary);
+/// [`crate::authorizer::device_may_use_client_id`] says which client ids are the device's.
 pub trait DeviceConnections: Send + Sync + 'static {
     /// Closes them; returns how many were closed.
-    fn disconnect_device<'a>(&'a self, device_id: &'a str) -> ferrite_broker::BoxFuture<'a, usize>;
-}
-
-impl DeviceConnections for ferrite_broker::Clients {
-    fn disconnect_device<'a>(&'a self, device_id: &'a str) -> ferrite_broker::BoxFuture<'a, usize> {
-        let device_id = device_id.to_owned();
-        Box::pin(
-            self.disconnect_where(move |client_id| crate::authorizer::device_may_use_client_id(&device_id, client_id)),
-        )
-    }
+    fn disconnect_device<'a>(&'a self, device_id: &'a str) -> ferrite_auth::BoxFuture<'a, usize>;
 }
 
 /// Every device query selects these columns, so that one row type serves get, list, create and update.
@@ -408,9 +401,16 @@ impl RegistryService {
             Vec::new()
         };
 
+        // A change committed before the snapshot was read may still be on its way through NOTIFY: the snapshot holds
+        // it already, so it is not sent a second time, after the snapshot (it would look like a new change).
+        let seen: HashMap<String, (bool, DateTime<Utc>)> =
+            current.iter().map(|change| (change.device_id.clone(), (change.online, change.changed_at))).collect();
         let (tx, rx) = mpsc::channel(64);
         let stop = self.inner.watches_stop.clone();
-        let wanted = move |change: &PresenceChange| device_ids.is_empty() || device_ids.contains(&change.device_id);
+        let wanted = move |change: &PresenceChange| {
+            (device_ids.is_empty() || device_ids.contains(&change.device_id))
+                && seen.get(&change.device_id) != Some(&(change.online, change.changed_at))
+        };
         tokio::spawn(async move {
             for change in current {
                 if tx.send(Ok(change)).await.is_err() {

@@ -377,22 +377,22 @@ async fn publish(session: &Session, alert: &Alert, value: f64, ts: DateTime<Utc>
         AlertState::Firing => alert.message.clone(),
         AlertState::Resolved => format!("resolved: {}", alert.message),
     };
-    let payload = serde_json::json!({
-        "rule": alert.rule_name,
-        "ruleId": alert.rule_id,
-        "alertId": alert.id,
-        "deviceId": alert.device_id,
-        "metric": alert.metric,
-        "value": value,
-        "threshold": alert.threshold,
-        "message": message,
-        "severity": alert.severity,
-        "state": alert.state.as_str(),
-        "ts": ts.to_rfc3339_opts(SecondsFormat::Millis, true),
-    });
-    let topic = format!("alerts/{}", alert.device_id);
+    let payload = ferrite_core::AlertMessage {
+        rule: Some(serde_json::json!(alert.rule_name)),
+        rule_id: Some(serde_json::json!(alert.rule_id)),
+        alert_id: Some(serde_json::json!(alert.id)),
+        device_id: Some(alert.device_id.clone()),
+        metric: Some(serde_json::json!(alert.metric)),
+        value: Some(serde_json::json!(value)),
+        threshold: Some(serde_json::json!(alert.threshold)),
+        message: Some(message),
+        severity: Some(alert.severity.clone()),
+        state: Some(alert.state.as_str().into()),
+        ts: Some(ts.to_rfc3339_opts(SecondsFormat::Millis, true).into()),
+    };
+    let topic = ferrite_core::topic::build::alert(&alert.device_id);
     // QoS 1 publishes are kept and resent by the session until acknowledged; this fails only once it has stopped.
-    if let Err(err) = session.publish(topic, QoS::AtLeastOnce, false, payload.to_string(), None).await {
+    if let Err(err) = session.publish(topic, QoS::AtLeastOnce, false, payload.to_json(), None).await {
         tracing::warn!(cause = %err, alert = %alert.id, "cannot publish an alert");
     }
 }

@@ -3,9 +3,9 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use ferrite_api::ApiGuard;
 use ferrite_proto::v1 as pb;
 use ferrite_proto::v1::rules_server::{Rules, RulesServer};
-use ferrite_registry::ApiGuard;
 use tonic::{Request, Response, Status};
 
 use crate::model::{Alert, AlertFilter, Rule, RuleInput};

@@ -1,5 +1,5 @@
 //! The REST face: `/api/v1/rules...` and `/api/v1/alerts` over [`RulesService`], their OpenAPI document, and the HTTP
-//! status of each [`RulesError`] (`ferrite_registry::http`). The registry serves these routes behind its token check.
+//! status of each [`RulesError`] (`ferrite_api::http`). The registry serves these routes behind its token check.
 
 use std::time::Duration;
 
@@ -9,7 +9,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use chrono::{DateTime, Utc};
-use ferrite_registry::http::{ApiError, ErrorBody, Json, Path, Query};
+use ferrite_api::http::{ApiError, ErrorBody, Json, Path, Query};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, OpenApi, ToSchema};
 use uuid::Uuid;

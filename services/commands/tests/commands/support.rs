@@ -27,7 +27,7 @@ pub fn unique() -> u64 {
 
 /// Everything a command needs, in this process.
 pub struct Platform {
-    pub base: ferrite_testkit::Platform,
+    pub base: ferrite_testkit_broker::Platform,
     pub rest: SocketAddr,
     pub grpc: SocketAddr,
     pub stats: Arc<CommandStats>,
@@ -35,7 +35,7 @@ pub struct Platform {
 
 impl Platform {
     pub async fn start() -> anyhow::Result<Platform> {
-        let mut base = ferrite_testkit::Platform::builder().with_database().with_broker().start().await?;
+        let mut base = ferrite_testkit_broker::Platform::builder().with_database().with_broker().start().await?;
         let pool = base.pool().clone();
 
         let ingester = Ingester::bind(ferrite_ingester::Config::new(base.broker_url()), pool.clone()).await?;

@@ -6,7 +6,8 @@ use std::time::Duration;
 use ferrite_mqtt::{QoS, Session, SessionConfig};
 use ferrite_proto::v1 as pb;
 use ferrite_query::{LiveConfig, LiveFeed};
-use ferrite_testkit::{TestBroker, WAIT_DEADLINE, wait_for};
+use ferrite_testkit::{WAIT_DEADLINE, wait_for};
+use ferrite_testkit_broker::TestBroker;
 use tokio_util::sync::CancellationToken;
 
 use crate::support::TestApp;

@@ -8,8 +8,9 @@ use ferrite_proto::v1::telemetry_client::TelemetryClient;
 use ferrite_query::{LiveFeed, Telemetry};
 use ferrite_registry::{Config, Registry};
 pub use ferrite_testkit::HttpResponse;
+use ferrite_testkit::LOOPBACK;
 use ferrite_testkit::http_request;
-use ferrite_testkit::{LOOPBACK, Platform};
+use ferrite_testkit_broker::Platform;
 use sqlx::PgPool;
 use tonic::transport::{Channel, Endpoint};
 

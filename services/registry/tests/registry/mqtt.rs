@@ -6,7 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ferrite_registry::{AuthorizerConfig, RegistryAuthorizer, RegistryService, ServiceAccount, ServiceRole};
-use ferrite_testkit::{TestBroker, TestDb, WAIT_DEADLINE};
+use ferrite_testkit::{TestDb, WAIT_DEADLINE};
+use ferrite_testkit_broker::TestBroker;
 use rumqttc::v5::mqttbytes::QoS as V5QoS;
 use rumqttc::v5::mqttbytes::v5::{ConnectReturnCode as V5Code, LastWill as V5Will, Packet as V5Packet};
 use rumqttc::v5::mqttbytes::v5::{PubAckReason, SubscribeReasonCode as V5SubCode};
@@ -376,7 +377,7 @@ async fn presence_stream_reports_a_device_whose_socket_dies() -> anyhow::Result<
 
     // The ingester turns `devices/+/status` into presence rows, with its service account.
     let mut ingest = ferrite_ingester::Config::new(setup.broker.url());
-    ingest.credentials = Some(("service:ingester".into(), INGESTER_SECRET.into()));
+    ingest.credentials = Some(ferrite_core::Credentials::new("service:ingester", INGESTER_SECRET));
     ingest.client_id = "ferrite-ingester-test".into();
     let ingester = ferrite_ingester::Ingester::bind(ingest, setup.service.pool().clone()).await?;
     let stop = CancellationToken::new();
@@ -460,7 +461,7 @@ async fn mosquitto_pub_with_issued_credentials_gets_its_reading_stored() -> anyh
     let authorizer = Arc::new(RegistryAuthorizer::new(registry.service.clone(), config)?);
     let broker = TestBroker::start_with(|config| config.authorizer = authorizer).await?;
     let mut ingest = ferrite_ingester::Config::new(broker.url());
-    ingest.credentials = Some(("service:ingester".into(), INGESTER_SECRET.into()));
+    ingest.credentials = Some(ferrite_core::Credentials::new("service:ingester", INGESTER_SECRET));
     let ingester = ferrite_ingester::Ingester::bind(ingest, registry.pool().clone()).await?;
     let stop = CancellationToken::new();
     let ingesting = tokio::spawn(ingester.run(stop.clone()));

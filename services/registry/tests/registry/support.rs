@@ -7,7 +7,8 @@ use ferrite_proto::v1::device_registry_client::DeviceRegistryClient;
 use ferrite_registry::{Config, NewDevice, Registry, RegistryService};
 pub use ferrite_testkit::HttpResponse;
 use ferrite_testkit::http_request;
-use ferrite_testkit::{LOOPBACK, Platform, TestDb};
+use ferrite_testkit::{LOOPBACK, TestDb};
+use ferrite_testkit_broker::Platform;
 use sqlx::PgPool;
 use tonic::transport::{Channel, Endpoint};
 

@@ -26,7 +26,7 @@ pub fn unique() -> u64 {
 
 /// A database, a broker, the registry with the rules API mounted, and a running engine.
 pub struct Platform {
-    pub base: ferrite_testkit::Platform,
+    pub base: ferrite_testkit_broker::Platform,
     pub rest: SocketAddr,
     pub grpc: SocketAddr,
     pub engine: Option<RunningEngine>,
@@ -46,7 +46,7 @@ impl Platform {
 
     /// `require_token` makes the loopback registry behave as one on a public address.
     pub async fn start_with(require_token: bool) -> anyhow::Result<Platform> {
-        let mut base = ferrite_testkit::Platform::builder().with_database().with_broker().start().await?;
+        let mut base = ferrite_testkit_broker::Platform::builder().with_database().with_broker().start().await?;
         let config = Config { grpc_addr: LOOPBACK, rest_addr: LOOPBACK, require_token, ..Config::default() };
         let registry = Registry::bind(config, base.pool().clone()).await?;
         let service = RulesService::new(base.pool().clone());

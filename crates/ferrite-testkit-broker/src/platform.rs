@@ -3,11 +3,10 @@
 //!
 //! The builder knows no service: each test suite binds its own services (the registry with its extension, an
 //! ingester, a gateway) with the platform's pool and broker URL and hands their `run` futures to
-//! [`Platform::spawn`]. So testkit depends on libraries only, and the broker is one part behind a seam
+//! [`Platform::spawn`]. The broker is one part behind a seam
 //! ([`PlatformBroker`], [`start_broker`]) that can change without touching the suites.
 
 use std::future::Future;
-use std::net::SocketAddr;
 
 use anyhow::Context;
 use ferrite_mqtt::BrokerUrl;
@@ -15,10 +14,7 @@ use sqlx::PgPool;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::{TestDb, WAIT_DEADLINE, init_test_tracing};
-
-/// Loopback port 0: the address every listener of a test binds, so tests never collide on ports.
-pub const LOOPBACK: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 0);
+use ferrite_testkit::{TestDb, WAIT_DEADLINE, init_test_tracing};
 
 // ---- The broker part: the one place that says which broker the platform runs. ----
 
