@@ -151,7 +151,16 @@ fn mosquitto_client(program: &str, args: &[&str]) -> std::process::Output {
 async fn broker_counts_the_messages_it_drops() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let mut child = spawn(
-        &["broker", "--mqtt-addr", "127.0.0.1:0", "--metrics-addr", "127.0.0.1:0", "--allow-anonymous"],
+        &[
+            "broker",
+            "--mqtt-addr",
+            "127.0.0.1:0",
+            "--ws-addr",
+            "127.0.0.1:0",
+            "--metrics-addr",
+            "127.0.0.1:0",
+            "--allow-anonymous",
+        ],
         &dir.path().join("broker"),
     )?;
     let stdout = child.stdout.take().context("stdout is piped")?;
@@ -163,7 +172,8 @@ async fn broker_counts_the_messages_it_drops() -> anyhow::Result<()> {
             if let Some(addr) = line.strip_prefix("MQTT").and_then(|rest| rest.trim().strip_prefix("mqtt://")) {
                 mqtt = Some(addr.to_owned());
             }
-            if let Some(url) = line.strip_prefix("Metrics").map(str::trim) {
+            // "Metrics  http://host:port/metrics  (readiness: /readyz)": the URL is the first word.
+            if let Some(url) = line.strip_prefix("Metrics").and_then(|rest| rest.split_whitespace().next()) {
                 metrics = Some(url.to_owned());
             }
             if let (Some(mqtt), Some(metrics)) = (&mqtt, &metrics) {
