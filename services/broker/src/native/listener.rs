@@ -1,4 +1,4 @@
-//! The accept loops: MQTT over TCP, and MQTT over WebSocket (with the Origin rule of [`ferrite_core::origin`]).
+//! The accept loops: MQTT over TCP, over TLS, and over WebSocket (with the Origin rule of [`ferrite_core::origin`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -20,7 +20,12 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// WebSocket subprotocols MQTT clients offer, in our order of preference (`mqttv3.1` is what old clients send).
 const SUBPROTOCOLS: [&str; 2] = ["mqtt", "mqttv3.1"];
 
-pub(crate) async fn serve_tcp(core: Arc<Core>, listener: TcpListener) {
+/// Accepts on `listener` until shutdown and hands each connection (TCP_NODELAY set) to `serve` as a tracked task.
+async fn accept_loop<F, Fut>(core: Arc<Core>, listener: TcpListener, name: &'static str, serve: F)
+where
+    F: Fn(Arc<Core>, TcpStream, SocketAddr) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -29,48 +34,39 @@ pub(crate) async fn serve_tcp(core: Arc<Core>, listener: TcpListener) {
         match accepted {
             Ok((stream, peer)) => {
                 let _ = stream.set_nodelay(true);
-                let core_for_task = core.clone();
-                core.tasks.spawn(connection::serve(core_for_task, Transport::Tcp(stream), peer));
+                core.tasks.spawn(serve(core.clone(), stream, peer));
             }
             Err(error) => {
-                tracing::warn!(%error, "mqtt listener cannot accept");
+                tracing::warn!(%error, listener = name, "cannot accept");
                 tokio::time::sleep(ACCEPT_BACKOFF).await;
             }
         }
     }
 }
 
+pub(crate) async fn serve_tcp(core: Arc<Core>, listener: TcpListener) {
+    accept_loop(core, listener, "mqtt", |core, stream, peer| connection::serve(core, Transport::Tcp(stream), peer))
+        .await;
+}
+
 pub(crate) async fn serve_tls(core: Arc<Core>, listener: TcpListener, acceptor: tokio_rustls::TlsAcceptor) {
-    loop {
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
-            () = core.shutdown.cancelled() => return,
-        };
-        match accepted {
-            Ok((stream, peer)) => {
-                let _ = stream.set_nodelay(true);
-                let core_for_task = core.clone();
-                let acceptor = acceptor.clone();
-                core.tasks.spawn(async move {
-                    // The handshake counts against the connect deadline, like a WebSocket upgrade.
-                    match tokio::time::timeout(core_for_task.limits.connect_timeout, acceptor.accept(stream)).await {
-                        Ok(Ok(tls)) => connection::serve(core_for_task, Transport::Tls(Box::new(tls)), peer).await,
-                        Ok(Err(error)) => {
-                            metrics::counter!("ferrite_broker_tls_refused_total", "reason" => "handshake").increment(1);
-                            tracing::debug!(%peer, %error, "TLS handshake failed");
-                        }
-                        Err(_) => {
-                            metrics::counter!("ferrite_broker_tls_refused_total", "reason" => "timeout").increment(1);
-                        }
-                    }
-                });
-            }
-            Err(error) => {
-                tracing::warn!(%error, "mqtts listener cannot accept");
-                tokio::time::sleep(ACCEPT_BACKOFF).await;
+    accept_loop(core, listener, "mqtts", move |core, stream, peer| {
+        let acceptor = acceptor.clone();
+        async move {
+            // The handshake counts against the connect deadline, like a WebSocket upgrade.
+            match tokio::time::timeout(core.limits.connect_timeout, acceptor.accept(stream)).await {
+                Ok(Ok(tls)) => connection::serve(core, Transport::Tls(Box::new(tls)), peer).await,
+                Ok(Err(error)) => {
+                    metrics::counter!("ferrite_broker_tls_refused_total", "reason" => "handshake").increment(1);
+                    tracing::debug!(%peer, %error, "TLS handshake failed");
+                }
+                Err(_) => {
+                    metrics::counter!("ferrite_broker_tls_refused_total", "reason" => "timeout").increment(1);
+                }
             }
         }
-    }
+    })
+    .await;
 }
 
 /// The TLS server configuration from PEM files: the certificate chain and its private key.
@@ -97,24 +93,11 @@ pub(crate) fn tls_acceptor(config: &crate::TlsConfig) -> Result<tokio_rustls::Tl
 }
 
 pub(crate) async fn serve_ws(core: Arc<Core>, listener: TcpListener, policy: Arc<OriginPolicy>) {
-    loop {
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
-            () = core.shutdown.cancelled() => return,
-        };
-        match accepted {
-            Ok((stream, peer)) => {
-                let _ = stream.set_nodelay(true);
-                let core_for_task = core.clone();
-                let policy = policy.clone();
-                core.tasks.spawn(async move { upgrade(core_for_task, stream, peer, &policy).await });
-            }
-            Err(error) => {
-                tracing::warn!(%error, "websocket listener cannot accept");
-                tokio::time::sleep(ACCEPT_BACKOFF).await;
-            }
-        }
-    }
+    accept_loop(core, listener, "websocket", move |core, stream, peer| {
+        let policy = policy.clone();
+        async move { upgrade(core, stream, peer, &policy).await }
+    })
+    .await;
 }
 
 /// The WebSocket handshake within the connect deadline (a foreign `Origin` gets 403), then MQTT over it.
