@@ -90,10 +90,161 @@ fn registry_authorizer(
 
 type Task = JoinHandle<anyhow::Result<()>>;
 
+/// Runs a service to its end on a task of its own, its error as an `anyhow` one.
+fn spawn_stage<E: Into<anyhow::Error>>(run: impl Future<Output = Result<(), E>> + Send + 'static) -> Task {
+    tokio::spawn(async move { run.await.map_err(Into::into) })
+}
+
 /// The URL our own clients use to reach a broker bound on `addr` (a wildcard bind is reached on loopback).
 fn local_url(addr: SocketAddr) -> BrokerUrl {
     let host = if addr.ip().is_unspecified() { IpAddr::V4(Ipv4Addr::LOCALHOST) } else { addr.ip() };
     BrokerUrl::Tcp { host: host.to_string(), port: addr.port() }
+}
+
+/// The accounts `ferrite up`'s own services log in with; their secrets live only in this process.
+struct ServiceLogins {
+    ingester: (String, String),
+    gateway: (String, String),
+    api: (String, String),
+    accounts: Vec<ServiceAccount>,
+}
+
+impl ServiceLogins {
+    fn new() -> ServiceLogins {
+        let login = |role: ServiceRole| (role.username(), random_secret());
+        let (ingester, gateway, api) =
+            (login(ServiceRole::Ingester), login(ServiceRole::Gateway), login(ServiceRole::Api));
+        let accounts = vec![
+            ServiceAccount::new(ServiceRole::Ingester, ingester.1.clone()),
+            ServiceAccount::new(ServiceRole::Gateway, gateway.1.clone()),
+            ServiceAccount::new(ServiceRole::Api, api.1.clone()),
+        ];
+        ServiceLogins { ingester, gateway, api, accounts }
+    }
+}
+
+/// The gateway of `ferrite up`: on the platform's broker with its own account, the dashboard pointed at the registry's
+/// REST port, and browser publishes judged by API token.
+fn up_gateway_config(
+    args: &UpArgs,
+    mqtt_addr: SocketAddr,
+    login: (String, String),
+    rest_addr: SocketAddr,
+    service: &RegistryService,
+) -> ferrite_gateway::Config {
+    let mut config = ferrite_gateway::Config::new(local_url(mqtt_addr));
+    config.http_addr = args.http_addr;
+    args.browsers.apply(&mut config);
+    config.credentials = Some(login);
+    config.api = Some(dashboard_api(rest_addr));
+    config.publish_policy =
+        Arc::new(crate::policy::TokenPolicy::new(service.clone(), args.http_addr, args.api.allow_anonymous));
+    config
+}
+
+/// `ferrite up`'s running stages, each with the token that stops it.
+struct Running {
+    fleet: (CancellationToken, Option<Task>),
+    ingester: (CancellationToken, Task),
+    http: (CancellationToken, Task),
+    registry: (CancellationToken, Task),
+    api_tasks: apis::ApiTasks,
+    retention: (CancellationToken, Vec<JoinHandle<()>>),
+    broker: (CancellationToken, Task),
+}
+
+impl Running {
+    /// Stops in the order data flows, so each stage drains into a live next one: devices finish and say goodbye,
+    /// the ingester commits and acknowledges, then the HTTP side, the APIs and the broker go.
+    async fn stop_in_order(self) {
+        let Running { fleet, ingester, http, registry, api_tasks, retention, broker } = self;
+        fleet.0.cancel();
+        if let Some(task) = fleet.1 {
+            shutdown::join("fleet", task).await;
+        }
+        ingester.0.cancel();
+        if !ingester.1.is_finished() {
+            shutdown::join("ingester", ingester.1).await;
+        }
+        http.0.cancel();
+        shutdown::join("gateway", http.1).await;
+        registry.0.cancel();
+        shutdown::join("registry", registry.1).await;
+        api_tasks.stop().await;
+        retention.0.cancel();
+        for task in retention.1 {
+            let _ = task.await;
+        }
+        broker.0.cancel();
+        if !broker.1.is_finished() {
+            shutdown::join("broker", broker.1).await;
+        }
+    }
+}
+
+/// Where `ferrite up` listens, as its banner says.
+struct Banner {
+    mqtt_addr: SocketAddr,
+    tls_addr: Option<SocketAddr>,
+    ws_addr: Option<SocketAddr>,
+    rest_addr: SocketAddr,
+    grpc_addr: SocketAddr,
+    http_addr: SocketAddr,
+}
+
+impl Banner {
+    fn print(&self, database: &str) {
+        let Banner { mqtt_addr, tls_addr, ws_addr, rest_addr, grpc_addr, http_addr } = self;
+        say!("Ferrite is running");
+        say!("  MQTT            mqtt://{mqtt_addr}");
+        if let Some(tls) = tls_addr {
+            say!("  MQTT/TLS        mqtts://{tls}");
+        }
+        if let Some(ws) = ws_addr {
+            say!("  MQTT/WebSocket  ws://{ws}/mqtt");
+        }
+        say!("  Registry REST   http://{rest_addr}/api/v1/devices  (OpenAPI: http://{rest_addr}/openapi.json)");
+        say!("  Registry gRPC   http://{grpc_addr}  (reflection on)");
+        say!(
+            "  Telemetry API   http://{rest_addr}/api/v1/devices/{{id}}/telemetry  (and /latest, /commands; /api/v1/rules, /api/v1/alerts)"
+        );
+        say!("  Metrics         http://{http_addr}/metrics  (readiness: http://{http_addr}/readyz)");
+        say!("  PostgreSQL      {database}");
+        say!("  Live WebSocket  ws://{http_addr}/dashboard");
+    }
+}
+
+/// Waits (at most [`SUBSCRIBE_WAIT`]) until the ingester's sessions are subscribed, so readings sent right after the banner are stored.
+async fn wait_for_ingester(stats: &ferrite_ingester::Stats) {
+    let waited = tokio::time::Instant::now();
+    while !stats.subscribed.load(Ordering::Relaxed) && waited.elapsed() < SUBSCRIBE_WAIT {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    if !stats.subscribed.load(Ordering::Relaxed) {
+        tracing::warn!("the ingester has not subscribed yet; readings published before it does are not stored");
+    }
+}
+
+/// Starts the simulated fleet and returns once its devices are connected (at most [`SUBSCRIBE_WAIT`]), so that a command
+/// sent right after "Press Ctrl-C" finds them.
+async fn start_fleet(
+    config: ferrite_fleet::Config,
+    devices: usize,
+    clients: &ferrite_broker::Clients,
+    stop: &CancellationToken,
+) -> anyhow::Result<Task> {
+    say!(
+        "  Fleet           {} devices, {} .. {}, a reading per metric every {}",
+        devices,
+        config.device_id(0),
+        config.device_id(devices - 1),
+        humantime::format_duration(config.interval)
+    );
+    let device_ids: Vec<String> = (0..devices).map(|index| config.device_id(index)).collect();
+    let fleet = Fleet::bind(config)?;
+    let task = tokio::spawn(fleet.run(stop.clone()));
+    wait_until_connected(clients, device_ids, SUBSCRIBE_WAIT).await;
+    Ok(task)
 }
 
 async fn up(args: UpArgs) -> anyhow::Result<()> {
@@ -102,15 +253,8 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         .with_context(|| format!("cannot create the data directory {}", args.data.data_dir.display()))?;
     let database = Database::open(args.database_url.as_deref(), &args.data.data_dir).await?;
 
-    // Our own services log in with accounts whose secrets live only in this process.
-    let ingester_login = (ServiceRole::Ingester.username(), random_secret());
-    let gateway_login = (ServiceRole::Gateway.username(), random_secret());
-    let api_login = (ServiceRole::Api.username(), random_secret());
-    let accounts = vec![
-        ServiceAccount::new(ServiceRole::Ingester, ingester_login.1.clone()),
-        ServiceAccount::new(ServiceRole::Gateway, gateway_login.1.clone()),
-        ServiceAccount::new(ServiceRole::Api, api_login.1.clone()),
-    ];
+    let ServiceLogins { ingester: ingester_login, gateway: gateway_login, api: api_login, accounts } =
+        ServiceLogins::new();
     let service = RegistryService::new(database.pool.clone());
     let mut broker_config = args.listen.broker_config(&args.data);
     broker_config.allowed_origins = args.browsers.allowed_origins.clone();
@@ -140,13 +284,7 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     .await?;
     let (extension, api_tasks) = apis.start();
     let registry = registry.with_extension(extension);
-    let mut gateway_config = ferrite_gateway::Config::new(local_url(mqtt_addr));
-    gateway_config.http_addr = args.http_addr;
-    args.browsers.apply(&mut gateway_config);
-    gateway_config.credentials = Some(gateway_login);
-    gateway_config.api = Some(dashboard_api(registry.rest_addr()));
-    gateway_config.publish_policy =
-        Arc::new(crate::policy::TokenPolicy::new(service.clone(), args.http_addr, args.api.allow_anonymous));
+    let gateway_config = up_gateway_config(&args, mqtt_addr, gateway_login, registry.rest_addr(), &service);
     let http = ferrite_gateway::Gateway::bind(gateway_config).await.context("cannot start the gateway")?;
     // The dashboard on the gateway's port calls the REST API on the registry's (CORS).
     let registry = registry.with_browser_origins(args.browsers.allowed_origins.clone(), [http.local_addr().port()]);
@@ -170,60 +308,18 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     let stop_ingester = CancellationToken::new();
     let stop_fleet = CancellationToken::new();
     let stop_http = CancellationToken::new();
-    let mut broker_task: Task = tokio::spawn({
-        let token = stop_broker.clone();
-        async move { broker.run(token).await.map_err(anyhow::Error::from) }
-    });
+    let mut broker_task: Task = spawn_stage(broker.run(stop_broker.clone()));
     let mut ingester_task: Task = tokio::spawn(ingester.run(stop_ingester.clone()));
-    let http_task: Task = tokio::spawn({
-        let token = stop_http.clone();
-        async move { http.run(token).await.map_err(anyhow::Error::from) }
-    });
-    let registry_task: Task = tokio::spawn({
-        let token = stop_registry.clone();
-        async move { registry.run(token).await.map_err(anyhow::Error::from) }
-    });
+    let http_task: Task = spawn_stage(http.run(stop_http.clone()));
+    let registry_task: Task = spawn_stage(registry.run(stop_registry.clone()));
 
-    let waited = tokio::time::Instant::now();
-    while !ingest_stats.subscribed.load(Ordering::Relaxed) && waited.elapsed() < SUBSCRIBE_WAIT {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    if !ingest_stats.subscribed.load(Ordering::Relaxed) {
-        tracing::warn!("the ingester has not subscribed yet; readings published before it does are not stored");
-    }
-
-    say!("Ferrite is running");
-    say!("  MQTT            mqtt://{mqtt_addr}");
-    if let Some(tls) = tls_addr {
-        say!("  MQTT/TLS        mqtts://{tls}");
-    }
-    if let Some(ws) = ws_addr {
-        say!("  MQTT/WebSocket  ws://{ws}/mqtt");
-    }
-    say!("  Registry REST   http://{rest_addr}/api/v1/devices  (OpenAPI: http://{rest_addr}/openapi.json)");
-    say!("  Registry gRPC   http://{grpc_addr}  (reflection on)");
-    say!(
-        "  Telemetry API   http://{rest_addr}/api/v1/devices/{{id}}/telemetry  (and /latest, /commands; /api/v1/rules, /api/v1/alerts)"
-    );
-    say!("  Metrics         http://{http_addr}/metrics  (readiness: http://{http_addr}/readyz)");
-    say!("  PostgreSQL      {}", database.description);
-    say!("  Live WebSocket  ws://{http_addr}/dashboard");
-    let fleet_task: Option<Task> = if args.fleet > 0 {
+    wait_for_ingester(&ingest_stats).await;
+    let banner = Banner { mqtt_addr, tls_addr, ws_addr, rest_addr, grpc_addr, http_addr };
+    banner.print(&database.description);
+    let fleet_task = if args.fleet > 0 {
         let mut config = args.sim.config(broker_url, args.fleet, None);
         config.provisioner = Some(provisioner);
-        say!(
-            "  Fleet           {} devices, {} .. {}, a reading per metric every {}",
-            args.fleet,
-            config.device_id(0),
-            config.device_id(args.fleet - 1),
-            humantime::format_duration(config.interval)
-        );
-        let device_ids: Vec<String> = (0..args.fleet).map(|index| config.device_id(index)).collect();
-        let fleet = Fleet::bind(config)?;
-        let task = tokio::spawn(fleet.run(stop_fleet.clone()));
-        // "Press Ctrl-C" comes once the devices are connected, so that a command sent right after it finds them.
-        wait_until_connected(&clients, device_ids, SUBSCRIBE_WAIT).await;
-        Some(task)
+        Some(start_fleet(config, args.fleet, &clients, &stop_fleet).await?)
     } else {
         None
     };
@@ -240,29 +336,16 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         }
     }
 
-    // Stop in the order data flows, so each stage drains into a live next one:
-    // devices finish and say goodbye, the ingester commits and acknowledges, then the broker and the database go.
-    stop_fleet.cancel();
-    if let Some(task) = fleet_task {
-        shutdown::join("fleet", task).await;
-    }
-    stop_ingester.cancel();
-    if !ingester_task.is_finished() {
-        shutdown::join("ingester", ingester_task).await;
-    }
-    stop_http.cancel();
-    shutdown::join("gateway", http_task).await;
-    stop_registry.cancel();
-    shutdown::join("registry", registry_task).await;
-    api_tasks.stop().await;
-    stop_retention.cancel();
-    for task in retention {
-        let _ = task.await;
-    }
-    stop_broker.cancel();
-    if !broker_task.is_finished() {
-        shutdown::join("broker", broker_task).await;
-    }
+    let running = Running {
+        fleet: (stop_fleet, fleet_task),
+        ingester: (stop_ingester, ingester_task),
+        http: (stop_http, http_task),
+        registry: (stop_registry, registry_task),
+        api_tasks,
+        retention: (stop_retention, retention),
+        broker: (stop_broker, broker_task),
+    };
+    running.stop_in_order().await;
     database.close().await;
     say!("Ferrite stopped: {} readings stored this run.", ingest_stats.stored());
     Ok(())
