@@ -96,12 +96,13 @@ impl CommandService {
     /// Stores and publishes a command. An online device's answer is awaited (with `wait`) up to the timeout;
     /// a command for an offline device is left `pending` with the broker, which delivers it when the device's
     /// persistent session reconnects.
-    pub async fn send(&self, request: SendCommand) -> Result<Command, CommandError> {
+    /// The request's device, params (an object; none is `{}`) and timeout, or why they are refused.
+    fn checked(&self, request: &SendCommand) -> Result<(DeviceId, Value, Duration), CommandError> {
         let device = DeviceId::new(request.device_id.trim())?;
         check_name(&request.name)?;
-        let params = match request.params {
+        let params = match &request.params {
             Value::Null => Value::Object(Default::default()),
-            object @ Value::Object(_) => object,
+            object @ Value::Object(_) => object.clone(),
             _ => return Err(CommandError::InvalidArgument("params must be a JSON object".into())),
         };
         let timeout = request.timeout.unwrap_or(self.limits.default_timeout);
@@ -111,17 +112,27 @@ impl CommandService {
                 humantime::format_duration(self.limits.max_timeout)
             )));
         }
+        Ok((device, params, timeout))
+    }
+
+    /// Whether a registered device is connected now: the broker's answer when there is one, else the presence table.
+    async fn is_online(&self, device: &DeviceId) -> Result<bool, CommandError> {
         let known: Option<Option<bool>> = sqlx::query_scalar(
             "select p.online from devices d left join presence p on p.device_id = d.id where d.id = $1",
         )
         .bind(device.as_str())
         .fetch_optional(&self.pool)
         .await?;
-        let online = match (known, &self.presence) {
-            (None, _) => return Err(CommandError::DeviceNotFound(device.into_string())),
+        Ok(match (known, &self.presence) {
+            (None, _) => return Err(CommandError::DeviceNotFound(device.as_str().to_owned())),
             (Some(_), Some(presence)) => presence.is_connected(device.as_str()).await,
             (Some(online), None) => online.unwrap_or(false),
-        };
+        })
+    }
+
+    pub async fn send(&self, request: SendCommand) -> Result<Command, CommandError> {
+        let (device, params, timeout) = self.checked(&request)?;
+        let online = self.is_online(&device).await?;
         let id = Uuid::new_v4();
         let state = if online { CommandState::Sent } else { CommandState::Pending };
         let sql = format!(

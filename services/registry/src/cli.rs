@@ -197,9 +197,50 @@ fn call_failed(status: tonic::Status) -> anyhow::Error {
 }
 
 /// Runs one `ferrite device` command against the registry, writing its output to `out`.
+/// The registry client the CLI speaks through: gRPC with the bearer token, if any.
+type RegistryClient = DeviceRegistryClient<InterceptedService<Channel, Bearer>>;
+
+/// One page of devices, or every page from `query`'s cursor on when `all`; the cursor after the last page read.
+async fn list_devices(
+    registry: &mut RegistryClient,
+    mut query: pb::ListDevicesRequest,
+    all: bool,
+) -> anyhow::Result<(Vec<pb::Device>, String)> {
+    let mut devices = Vec::new();
+    loop {
+        let page = registry.list_devices(query.clone()).await.map_err(call_failed)?.into_inner();
+        devices.extend(page.devices);
+        if !all || page.next_page_token.is_empty() {
+            return Ok((devices, page.next_page_token));
+        }
+        query.page_token = page.next_page_token;
+    }
+}
+
+fn write_device_list(
+    out: &mut (dyn Write + Send),
+    devices: &[pb::Device],
+    next: &str,
+    json_output: bool,
+) -> anyhow::Result<()> {
+    if json_output {
+        let value = json!({
+            "devices": devices.iter().map(device_json).collect::<Vec<_>>(),
+            "nextCursor": Some(next).filter(|next| !next.is_empty()),
+        });
+        writeln!(out, "{}", serde_json::to_string_pretty(&value)?)?;
+    } else {
+        write_devices(out, devices)?;
+        if !next.is_empty() {
+            writeln!(out, "more: --cursor {next}")?;
+        }
+    }
+    Ok(())
+}
+
 pub async fn run_device_command(args: DeviceArgs, out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
     let (channel, bearer) = channel(&args.client).await?;
-    let mut registry = DeviceRegistryClient::new(InterceptedService::new(channel, bearer));
+    let mut registry: RegistryClient = DeviceRegistryClient::new(InterceptedService::new(channel, bearer));
     let json_output = args.client.json;
     match args.command {
         DeviceCommand::Create { id, name, tags, metadata } => {
@@ -234,35 +275,15 @@ pub async fn run_device_command(args: DeviceArgs, out: &mut (dyn Write + Send)) 
                 (_, true) => pb::PresenceFilter::Offline,
                 _ => pb::PresenceFilter::Unspecified,
             };
-            let mut devices = Vec::new();
-            let mut page_token = cursor.unwrap_or_default();
-            let next = loop {
-                let request = pb::ListDevicesRequest {
-                    page_size: limit,
-                    page_token: page_token.clone(),
-                    tags: tags.clone(),
-                    presence: presence as i32,
-                    id_prefix: prefix.clone().unwrap_or_default(),
-                };
-                let page = registry.list_devices(request).await.map_err(call_failed)?.into_inner();
-                devices.extend(page.devices);
-                if !all || page.next_page_token.is_empty() {
-                    break page.next_page_token;
-                }
-                page_token = page.next_page_token;
+            let query = pb::ListDevicesRequest {
+                page_size: limit,
+                page_token: cursor.unwrap_or_default(),
+                tags,
+                presence: presence as i32,
+                id_prefix: prefix.unwrap_or_default(),
             };
-            if json_output {
-                let value = json!({
-                    "devices": devices.iter().map(device_json).collect::<Vec<_>>(),
-                    "nextCursor": Some(next).filter(|next| !next.is_empty()),
-                });
-                writeln!(out, "{}", serde_json::to_string_pretty(&value)?)?;
-            } else {
-                write_devices(out, &devices)?;
-                if !next.is_empty() {
-                    writeln!(out, "more: --cursor {next}")?;
-                }
-            }
+            let (devices, next) = list_devices(&mut registry, query, all).await?;
+            write_device_list(out, &devices, &next, json_output)?;
         }
         DeviceCommand::Update { id, name, clear_name, tags, clear_tags, metadata } => {
             let name = if clear_name { Some(String::new()) } else { name };
