@@ -150,7 +150,8 @@ pub struct RegistryArgs {
 }
 
 /// Service-account secrets for the platform's own MQTT clients (`service:<role>` usernames).
-#[derive(Args, Debug, Clone, Default)]
+/// Its `Debug` says which secrets are set, never what they are.
+#[derive(Args, Clone, Default)]
 pub struct ServiceSecrets {
     /// Secret of the `service:ingester` MQTT account.
     #[arg(long, env = "FERRITE_SERVICE_SECRET_INGESTER", hide_env_values = true)]
@@ -248,8 +249,20 @@ pub struct BrokerArgs {
     pub allowed_origins: Vec<ferrite_gateway::AllowedOrigin>,
 }
 
-/// How a service reaches the broker.
-#[derive(Args, Debug, Clone)]
+impl std::fmt::Debug for ServiceSecrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let set = |secret: &Option<String>| if secret.is_some() { "<redacted>" } else { "<none>" };
+        f.debug_struct("ServiceSecrets")
+            .field("ingester_secret", &set(&self.ingester_secret))
+            .field("gateway_secret", &set(&self.gateway_secret))
+            .field("fleet_secret", &set(&self.fleet_secret))
+            .field("api_secret", &set(&self.api_secret))
+            .finish()
+    }
+}
+
+/// How a service reaches the broker. Its `Debug` shows the username, never the password.
+#[derive(Args, Clone)]
 pub struct ClientArgs {
     /// The MQTT broker: mqtt://host:port or ws://host:port/mqtt. Any standard broker works.
     #[arg(long, env = "FERRITE_BROKER_URL", default_value = "mqtt://127.0.0.1:1883")]
@@ -260,6 +273,16 @@ pub struct ClientArgs {
     /// MQTT password; prefer the environment variable, which does not show in `ps`.
     #[arg(long, env = "FERRITE_MQTT_PASSWORD", hide_env_values = true, requires = "mqtt_username")]
     pub mqtt_password: Option<String>,
+}
+
+impl std::fmt::Debug for ClientArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientArgs")
+            .field("broker_url", &self.broker_url)
+            .field("mqtt_username", &self.mqtt_username)
+            .field("mqtt_password", &self.mqtt_password.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
 }
 
 impl ClientArgs {
@@ -612,5 +635,18 @@ mod tests {
     #[test]
     fn cli_is_well_formed() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn secrets_never_show_in_debug_output() {
+        let secrets = ServiceSecrets { ingester_secret: Some("hunter2-ingester".into()), ..ServiceSecrets::default() };
+        let client = ClientArgs {
+            broker_url: "mqtt://127.0.0.1:1883".parse().expect("a broker URL"),
+            mqtt_username: Some("service:gateway".into()),
+            mqtt_password: Some("hunter2-gateway".into()),
+        };
+        let printed = format!("{secrets:?} {client:?}");
+        assert!(!printed.contains("hunter2"), "{printed}");
+        assert!(printed.contains("service:gateway") && printed.contains("<redacted>"), "{printed}");
     }
 }

@@ -43,15 +43,19 @@ const FILTERS_PER_STREAM: usize = 2;
 #[derive(Debug, Clone)]
 pub struct LiveConfig {
     pub broker: BrokerUrl,
-    /// A service account allowed to subscribe to `sensors/#` (e.g. `service:gateway`).
-    pub credentials: Option<(String, String)>,
+    /// A service account allowed to subscribe to `sensors/#` (e.g. `service:gateway`); its `Debug` hides the password.
+    pub credentials: Option<ferrite_core::Credentials>,
     pub client_id: String,
 }
 
 impl LiveConfig {
     /// A random client id, so that several registries can run against one broker.
     pub fn new(broker: BrokerUrl, credentials: Option<(String, String)>) -> Self {
-        LiveConfig { broker, credentials, client_id: format!("ferrite-query-{:08x}", rand_u32()) }
+        LiveConfig {
+            broker,
+            credentials: credentials.map(ferrite_core::Credentials::from),
+            client_id: format!("ferrite-query-{:08x}", rand_u32()),
+        }
     }
 }
 
@@ -119,7 +123,7 @@ impl LiveFeed {
     /// The feed stops, and every stream ends, when `shutdown` is cancelled.
     pub fn start(config: LiveConfig, shutdown: CancellationToken) -> LiveFeed {
         let mut session_config = SessionConfig::new(config.broker, config.client_id);
-        session_config.credentials = config.credentials;
+        session_config.credentials = config.credentials.map(ferrite_core::Credentials::into_pair);
         session_config.max_packet_size = Some(MAX_MQTT_PACKET);
         let (session, events) = Session::start(session_config);
         let fanout = Mutex::new(Fanout::new(session.clone(), FILTERS_PER_STREAM, subscription));
