@@ -40,6 +40,12 @@ const WRITE_BATCH: usize = 64 * 1024;
 /// within `--max-session-expiry`: a day covers a device that is off overnight.
 const V311_SESSION_EXPIRY: Duration = Duration::from_secs(24 * 60 * 60);
 
+/// A topic in an allocation of its own: a received topic is a slice of the connection's read chunk (up to a whole
+/// packet), and one kept in an alias table must not hold that chunk for the life of the connection.
+fn owned(topic: &MqttStr) -> MqttStr {
+    MqttStr::try_from(topic.as_str()).unwrap_or_else(|_| topic.clone())
+}
+
 /// Why a connection ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Leave {
@@ -302,8 +308,9 @@ impl Connection {
                 .map_or(usize::MAX, |max| usize::try_from(max.get()).unwrap_or(usize::MAX)),
             aliases_in: HashMap::new(),
             aliases_out: HashMap::new(),
+            // Never more aliases than we accept ourselves, whatever the client allows (each one holds a topic).
             client_alias_max: if version == ProtocolVersion::V5 {
-                connect.properties.topic_alias_maximum.unwrap_or(0)
+                connect.properties.topic_alias_maximum.unwrap_or(0).min(core.limits.topic_alias_maximum)
             } else {
                 0
             },
@@ -454,7 +461,7 @@ impl Connection {
                         None => return Err(Leave::Server(ReasonCode::ProtocolError)),
                     }
                 } else {
-                    self.aliases_in.insert(alias.get(), publish.topic.clone());
+                    self.aliases_in.insert(alias.get(), owned(&publish.topic));
                 }
             }
         }
@@ -564,6 +571,15 @@ impl Connection {
                 });
                 continue;
             }
+            if !self.may_add_subscription(filter.as_str()) {
+                metrics::counter!("ferrite_broker_quota_refused_total", "quota" => "subscriptions").increment(1);
+                reasons.push(if self.version == ProtocolVersion::V5 {
+                    ReasonCode::QuotaExceeded
+                } else {
+                    ReasonCode::UnspecifiedError
+                });
+                continue;
+            }
             reasons.push(match options.qos {
                 QoS::AtMostOnce => ReasonCode::Success,
                 QoS::AtLeastOnce => ReasonCode::GrantedQoS1,
@@ -582,6 +598,17 @@ impl Connection {
         };
         self.queue_ack(Packet::SubAck(suback), SmallVec::new());
         Ok(())
+    }
+
+    /// Whether the client may hold one more subscription: platform services are not limited, every other client holds
+    /// at most `max_subscriptions_per_client` (replacing one it holds is always allowed).
+    fn may_add_subscription(&self, filter: &str) -> bool {
+        if matches!(self.identity.principal, crate::auth::Principal::Service(_)) {
+            return true;
+        }
+        let state = self.session.lock();
+        state.subscriptions.contains_key(filter)
+            || state.subscriptions.len() < self.core.limits.max_subscriptions_per_client
     }
 
     fn on_unsubscribe(&mut self, unsubscribe: Unsubscribe) {
@@ -759,7 +786,7 @@ impl Connection {
         let next = self.aliases_out.len() + 1;
         match u16::try_from(next).ok().filter(|n| *n <= self.client_alias_max).and_then(NonZeroU16::new) {
             Some(alias) => {
-                self.aliases_out.insert(topic.clone(), alias);
+                self.aliases_out.insert(owned(topic), alias);
                 TopicAliasUse::Establish(alias)
             }
             None => TopicAliasUse::None,

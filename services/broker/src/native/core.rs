@@ -29,6 +29,7 @@ pub(crate) struct Limits {
     pub(crate) connect_timeout: Duration,
     pub(crate) max_session_expiry: Duration,
     pub(crate) max_retained_per_client: usize,
+    pub(crate) max_subscriptions_per_client: usize,
     pub(crate) server_keep_alive: Option<u16>,
     pub(crate) topic_alias_maximum: u16,
     pub(crate) queue: QueueBounds,

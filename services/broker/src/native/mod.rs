@@ -67,6 +67,11 @@ impl std::str::FromStr for Durability {
 /// One client, the ingester, takes every reading of the fleet: 100,000 hold over a minute of a 1,000-device fleet.
 const MAX_QUEUED_MESSAGES: usize = 100_000;
 
+/// Subscriptions one client may hold (platform services are not limited): each costs trie nodes and a place in its
+/// session, so a client subscribing to a million distinct filters must be refused (0x97 / 0x80 in the SUBACK).
+/// A device subscribes to its own `commands/{id}`; a dashboard or tool to a handful.
+const MAX_SUBSCRIPTIONS_PER_CLIENT: usize = 1000;
+
 /// Bytes queued for one session, whatever the count: a slow subscriber of large messages cannot grow the broker
 /// beyond this (four ingester sessions at their bound stay within the 300 MB the engine aims at).
 const MAX_QUEUED_BYTES: usize = 32 * 1024 * 1024;
@@ -153,6 +158,7 @@ impl Engine {
             connect_timeout: config.connect_timeout,
             max_session_expiry: config.max_session_expiry,
             max_retained_per_client: config.max_retained_per_client,
+            max_subscriptions_per_client: MAX_SUBSCRIPTIONS_PER_CLIENT,
             server_keep_alive: config
                 .server_keep_alive
                 .map(|keep_alive| u16::try_from(keep_alive.as_secs()).unwrap_or(u16::MAX)),

@@ -151,3 +151,67 @@ async fn malformed_packets_after_connect_only_end_their_own_connection() {
     watcher.kill().await;
     broker.stop().await;
 }
+
+/// One anonymous client subscribing to ever more distinct filters is refused past its allowance (1,000), in the
+/// SUBACK, without losing the connection or what it already holds; another client still subscribes.
+#[tokio::test]
+async fn a_subscription_flood_is_refused_past_the_allowance() {
+    use bytes::BytesMut;
+    use ferrite_mqtt_codec::{
+        Connect, MqttStr, Packet, Properties, ProtocolVersion, QoS, Subscribe, SubscribeFilters, SubscriptionOptions,
+    };
+
+    let broker = TestBroker::start().await;
+    let version = ProtocolVersion::V311;
+    let mut stream = TcpStream::connect(broker.mqtt).await.expect("the broker accepts");
+    let connect = Connect {
+        protocol: version,
+        clean_start: true,
+        keep_alive: 60,
+        properties: Properties::default(),
+        client_id: MqttStr::from_static("subscription-flood"),
+        will: None,
+        username: None,
+        password: None,
+    };
+    let send = |packet: Packet| {
+        let mut buf = BytesMut::new();
+        packet.encode(version, &mut buf).expect("the packet encodes");
+        buf
+    };
+    stream.write_all(&send(Packet::Connect(Box::new(connect)))).await.expect("CONNECT is sent");
+    let mut received = BytesMut::new();
+    let mut next = async |stream: &mut TcpStream| loop {
+        if let Some(packet) =
+            ferrite_mqtt_codec::decode(&mut received, version, u32::MAX).expect("the broker's packets decode")
+        {
+            return packet;
+        }
+        let read = tokio::time::timeout(HANG_GUARD, stream.read_buf(&mut received)).await.expect("the broker answers");
+        assert!(read.expect("the socket reads") > 0, "the broker closed the connection");
+    };
+    assert!(matches!(next(&mut stream).await, Packet::ConnAck(ack) if !ack.reason.is_error()), "CONNACK accepts");
+
+    let filters: Vec<MqttStr> =
+        (0..1001).map(|n| MqttStr::try_from(format!("flood/{n}")).expect("a valid filter")).collect();
+    let options = SubscriptionOptions::qos(QoS::AtMostOnce);
+    let subscribe = Subscribe {
+        packet_id: std::num::NonZeroU16::MIN,
+        properties: Properties::default(),
+        filters: SubscribeFilters::new(filters.iter().map(|filter| (filter, options))).expect("valid filters"),
+    };
+    stream.write_all(&send(Packet::Subscribe(subscribe))).await.expect("SUBSCRIBE is sent");
+    let Packet::SubAck(suback) = next(&mut stream).await else { panic!("the broker answers SUBSCRIBE with SUBACK") };
+    let reasons: Vec<_> = suback.reasons.iter().collect();
+    assert_eq!(reasons.len(), 1001, "one reason per filter");
+    assert!(reasons[..1000].iter().all(|reason| !reason.is_error()), "the first 1,000 are granted");
+    assert!(reasons[1000].is_error(), "the 1,001st is refused: {:?}", reasons[1000]);
+
+    // The connection still serves: a ping is answered; and another client is not affected.
+    stream.write_all(&send(Packet::PingReq)).await.expect("PINGREQ is sent");
+    assert!(matches!(next(&mut stream).await, Packet::PingResp), "the flooding client is still served");
+    let other = Paho::tcp(broker.mqtt).client_id("after-flood").sub("flood/other", 0).run().await;
+    assert_eq!(other.connack_reason(), 0, "another client connects and subscribes");
+    drop(stream);
+    broker.stop().await;
+}
